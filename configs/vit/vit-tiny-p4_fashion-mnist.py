@@ -1,0 +1,58 @@
+# The dense demo model: a small ViT (12 blocks, width 64, 2 heads, 7x7 patches of 4x4 + cls) (mmpretrain's VisionTransformer) trained from scratch on real
+# Fashion-MNIST on CPU. Every method's Fashion-MNIST config starts from this model.
+_base_ = [
+    'mmpretrain::_base_/default_runtime.py',
+    '../_base_/datasets/fashion_mnist.py',
+]
+custom_imports = dict(imports=['mmsparse'], allow_failed_imports=False)
+default_scope = 'mmsparse'
+
+model = dict(
+    type='ImageClassifier',
+    _scope_='mmpretrain',
+    data_preprocessor={{_base_.data_preprocessor}},
+    backbone=dict(
+        type='VisionTransformer',
+        arch=dict(embed_dims=64, num_layers=12, num_heads=2, feedforward_channels=256),
+        img_size=28,
+        patch_size=4,
+        in_channels=1,
+        out_type='cls_token',
+        drop_path_rate=0.0,
+        init_cfg=[dict(type='TruncNormal', layer='Linear', std=0.02, bias=0.0),
+                  dict(type='Constant', layer='LayerNorm', val=1.0, bias=0.0)],
+    ),
+    head=dict(
+        type='VisionTransformerClsHead',
+        num_classes=10,
+        in_channels=64,
+        loss=dict(type='CrossEntropyLoss', loss_weight=1.0),
+    ),
+)
+
+# One pass over the 60k training images: ~2.5 min on 2 CPU cores.
+max_epochs = 1
+optim_wrapper = dict(
+    optimizer=dict(type='AdamW', lr=2e-3, weight_decay=0.05),
+    paramwise_cfg=dict(norm_decay_mult=0.0, bias_decay_mult=0.0,
+                       custom_keys={'.cls_token': dict(decay_mult=0.0),
+                                    '.pos_embed': dict(decay_mult=0.0)}),
+    clip_grad=dict(max_norm=1.0),
+)
+param_scheduler = [
+    dict(type='LinearLR', start_factor=0.01, by_epoch=True, begin=0, end=0.1,
+         convert_to_iter_based=True),
+    dict(type='CosineAnnealingLR', eta_min=1e-5, by_epoch=True, begin=0.1, end=max_epochs,
+         convert_to_iter_based=True),
+]
+train_cfg = dict(by_epoch=True, max_epochs=max_epochs, val_interval=1)
+val_cfg = dict()
+test_cfg = dict()
+auto_scale_lr = dict(base_batch_size=128)
+
+default_hooks = dict(
+    logger=dict(interval=50),
+    checkpoint=dict(interval=1, max_keep_ckpts=2, save_best='auto'),
+)
+randomness = dict(seed=0, deterministic=False)
+env_cfg = dict(cudnn_benchmark=False, dist_cfg=dict(backend='nccl'))
