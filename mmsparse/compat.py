@@ -10,6 +10,8 @@
    its MPI launcher wants ``MASTER_ADDR``/``MASTER_PORT`` while ``torchpack dist-run`` sets
    ``MASTER_HOST=host:port``. :func:`init_distributed` bridges both and initialises the process group
    before the Runner does (the Runner then skips its own ``init_dist``).
+3. DDP on CPU. The Runner wraps the model with ``device_ids=[LOCAL_RANK]``, which DDP refuses for
+   a CPU module; :func:`ddp_wrapper_cfg` gives it ``device_ids=None`` there.
 """
 import os
 from typing import Optional
@@ -19,7 +21,7 @@ import torch
 import torch.distributed as dist
 
 __all__ = ['checkpoint_safe_globals', 'load_checkpoint_file', 'register_checkpoint_loader',
-           'init_distributed', 'bridge_mpi_env']
+           'init_distributed', 'bridge_mpi_env', 'ddp_wrapper_cfg']
 
 
 def checkpoint_safe_globals() -> list:
@@ -99,3 +101,14 @@ def init_distributed(launcher: str, backend: Optional[str] = None, timeout_s: in
         backend = 'gloo'  # nccl needs a GPU, whatever the config says
     import datetime
     dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout_s))
+
+
+def ddp_wrapper_cfg(cfg) -> None:
+    """On CPU, give the Runner's DDP wrapper ``device_ids=None`` (in place; GPU: unchanged)."""
+    if torch.cuda.is_available():
+        return
+    wrapper = cfg.get('model_wrapper_cfg') or dict(
+        type='MMDistributedDataParallel', broadcast_buffers=False,
+        find_unused_parameters=cfg.get('find_unused_parameters', False))
+    wrapper.setdefault('device_ids', None)
+    cfg.model_wrapper_cfg = wrapper

@@ -114,13 +114,14 @@ def build_runner(cfg: Config, launcher: str):
     from mmengine.registry import RUNNERS
     from mmengine.runner import Runner
 
-    from mmsparse.compat import init_distributed
+    from mmsparse.compat import ddp_wrapper_cfg, init_distributed
 
     cfg.launcher = launcher
     check_data_roots(cfg)
     setup_scope(cfg)
     if launcher in ('pytorch', 'mpi'):
         init_distributed(launcher, cfg.get('env_cfg', {}).get('dist_cfg', {}).get('backend'))
+        ddp_wrapper_cfg(cfg)
     elif launcher != 'none':
         raise UserError(f"--launcher {launcher}: mmsparse's tools support none, pytorch "
                         f"(torchrun, tools/dist_train.sh) and mpi (mpirun, torchpack dist-run)")
