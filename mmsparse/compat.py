@@ -10,18 +10,27 @@
    its MPI launcher wants ``MASTER_ADDR``/``MASTER_PORT`` while ``torchpack dist-run`` sets
    ``MASTER_HOST=host:port``. :func:`init_distributed` bridges both and initialises the process group
    before the Runner does (the Runner then skips its own ``init_dist``).
-3. DDP on CPU. The Runner wraps the model with ``device_ids=[LOCAL_RANK]``, which DDP refuses for
+3. Warnings. mmengine and mmcv import ``pkg_resources`` (setuptools < 81 is pinned for mmcv's
+   build), which warns on every command; :func:`quiet_pinned_stack_warnings` drops that one message.
+4. DDP on CPU. The Runner wraps the model with ``device_ids=[LOCAL_RANK]``, which DDP refuses for
    a CPU module; :func:`ddp_wrapper_cfg` gives it ``device_ids=None`` there.
 """
 import os
+import warnings
 from typing import Optional
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
-__all__ = ['checkpoint_safe_globals', 'load_checkpoint_file', 'register_checkpoint_loader',
+__all__ = ['quiet_pinned_stack_warnings', 'checkpoint_safe_globals', 'load_checkpoint_file', 'register_checkpoint_loader',
            'init_distributed', 'bridge_mpi_env', 'ddp_wrapper_cfg']
+
+
+def quiet_pinned_stack_warnings() -> None:
+    """Drop the ``pkg_resources is deprecated`` warning of the pinned stack's imports."""
+    warnings.filterwarnings('ignore', message='pkg_resources is deprecated',
+                            category=UserWarning)
 
 
 def checkpoint_safe_globals() -> list:
