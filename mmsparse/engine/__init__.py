@@ -1,0 +1,1 @@
+"""Registered hooks, optimizer-wrapper constructors and loops: importing registers them."""

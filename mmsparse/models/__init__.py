@@ -1,0 +1,1 @@
+"""Registered mmsparse models: importing this package registers every method's modules."""
