@@ -7,7 +7,7 @@ import argparse
 import json
 
 from mmsparse.utils import build_model, load_config, run_cli
-from mmsparse.utils.cli import DictAction, input_size, positive_ints
+from mmsparse.utils.cli import add_config_args, input_size, positive_ints
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -26,8 +26,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--device', default=None, help="'cpu' or 'cuda' (default: cuda if any)")
     parser.add_argument('--threads', type=int, default=None, help='torch.set_num_threads')
     parser.add_argument('--out', help='write the JSON here (default: print it only)')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
-                        help='override config settings, key=value pairs')
+    add_config_args(parser)
     return parser.parse_args(argv)
 
 

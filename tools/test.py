@@ -1,9 +1,9 @@
 """Evaluate a checkpoint on a config's test set (mmpretrain 1.2's flags)."""
 import argparse
-import os
 
 from mmsparse.utils import UserError, load_config, run_cli
-from mmsparse.utils.cli import DictAction, build_runner, check_checkpoint, set_work_dir
+from mmsparse.utils.cli import (add_config_args, build_runner, check_checkpoint,
+                                 parse_tool_args, set_work_dir)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -13,14 +13,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--work-dir', help='the directory to save the file containing '
                         'evaluation metrics')
     parser.add_argument('--out', help='dump the metrics to this json/pkl file')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
-                        help='override config settings, key=value pairs')
-    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
-                        default='none', help='job launcher')
-    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
-    args = parser.parse_args(argv)
-    os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
-    return args
+    add_config_args(parser, launcher=True)
+    return parse_tool_args(parser, argv)
 
 
 def main() -> int:

@@ -1,9 +1,9 @@
 """Train a model from a config (mmpretrain 1.2's flags)."""
 import argparse
-import os
 
 from mmsparse.utils import load_config, run_cli
-from mmsparse.utils.cli import DictAction, build_runner, check_checkpoint, set_work_dir
+from mmsparse.utils.cli import (add_config_args, build_runner, check_checkpoint,
+                                 parse_tool_args, set_work_dir)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -21,14 +21,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help='scale the lr by the real batch size over auto_scale_lr.base_batch_size')
     parser.add_argument('--no-pin-memory', action='store_true')
     parser.add_argument('--no-persistent-workers', action='store_true')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
-                        help='override config settings, key=value pairs')
-    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
-                        default='none', help='job launcher')
-    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
-    args = parser.parse_args(argv)
-    os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
-    return args
+    add_config_args(parser, launcher=True)
+    return parse_tool_args(parser, argv)
 
 
 def merge_args(cfg, args):

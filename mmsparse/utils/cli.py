@@ -30,6 +30,24 @@ def run_cli(main: Callable[[], Optional[int]]) -> None:
     sys.exit(code or 0)
 
 
+def add_config_args(parser, launcher: bool = False) -> None:
+    """The flags every tool shares: ``--cfg-options`` (and the launcher flags of train/test)."""
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+                        help='override config settings, key=value pairs')
+    if launcher:
+        parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
+                            default='none', help='job launcher')
+        parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+
+
+def parse_tool_args(parser, argv=None):
+    """Parse; a torchrun launch passes ``--local-rank``, which MMEngine reads as LOCAL_RANK."""
+    args = parser.parse_args(argv)
+    if getattr(args, 'local_rank', None) is not None:
+        os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
+    return args
+
+
 def load_config(path: str, cfg_options: Optional[dict] = None) -> Config:
     """Load a config file, with ``--cfg-options`` merged in."""
     if not os.path.isfile(path):

@@ -8,7 +8,7 @@ import json
 import sys
 
 from mmsparse.utils import build_model, load_config, run_cli
-from mmsparse.utils.cli import DictAction, input_size, positive_ints
+from mmsparse.utils.cli import add_config_args, input_size, positive_ints
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -21,8 +21,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--part', choices=['model', 'backbone'], default='model')
     parser.add_argument('--batch-size', type=int, default=1)
     parser.add_argument('--out', help='also write the result to this JSON file')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
-                        help='override config settings, key=value pairs')
+    add_config_args(parser)
     return parser.parse_args(argv)
 
 
