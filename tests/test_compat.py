@@ -1,4 +1,6 @@
 """The stack shims: weights-only checkpoint loading and the MPI launch bridge."""
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -48,14 +50,15 @@ def test_loads_stay_weights_only(tmp_path):
 
 
 def test_bridge_mpi_env_from_torchpack(monkeypatch):
+    # bridge_mpi_env writes os.environ: give it a copy, so nothing leaks into later tests
+    monkeypatch.setattr(os, 'environ', dict(os.environ))
     for k in ('RANK', 'WORLD_SIZE', 'LOCAL_RANK', 'MASTER_ADDR', 'MASTER_PORT'):
-        monkeypatch.delenv(k, raising=False)
+        os.environ.pop(k, None)
     monkeypatch.setenv('OMPI_COMM_WORLD_RANK', '1')
     monkeypatch.setenv('OMPI_COMM_WORLD_SIZE', '2')
     monkeypatch.setenv('OMPI_COMM_WORLD_LOCAL_RANK', '1')
     monkeypatch.setenv('MASTER_HOST', '10.0.0.7:31337')
     bridge_mpi_env()
-    import os
     assert (os.environ['RANK'], os.environ['WORLD_SIZE'], os.environ['LOCAL_RANK']) == \
         ('1', '2', '1')
     assert (os.environ['MASTER_ADDR'], os.environ['MASTER_PORT']) == ('10.0.0.7', '31337')
