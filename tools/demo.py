@@ -14,6 +14,9 @@ from mmsparse.utils.cli import build_runner
 # name, config, and the earlier row whose trained checkpoint this row starts from.
 ROWS = [
     dict(name='ViT dense', config='configs/vit/vit-tiny-p4_fashion-mnist.py', init_from=None),
+    dict(name='DynamicViT ρ=0.7',
+         config='configs/dynamicvit/dynamicvit-vit-tiny-p4_fashion-mnist.py',
+         init_from='ViT dense'),
 ]
 
 

@@ -1,0 +1,587 @@
+"""DynamicViT (Rao et al., NeurIPS 2021): learned, per-image token pruning for plain ViTs.
+
+Parts, all state_dict-compatible with mmpretrain's ``VisionTransformer`` (model-zoo DeiT
+checkpoints load unchanged; the predictors ``backbone.predictors.<k>.*`` are the only new keys):
+
+- :class:`PolicyAttention` / :class:`DynamicEncoderLayer`: mmpretrain's attention and encoder
+  layer (same keys ``layers.N.ln1``, ``layers.N.attn.qkv`` ...) that also take a keep policy.
+  Without a policy they run mmpretrain's fused ``scaled_dot_product_attention`` unchanged.
+- :class:`DynamicViTPredictor`: the prediction module (local + policy-weighted global features
+  -> keep/drop log-probabilities).
+- :class:`DynamicVisionTransformer`: the backbone. Training: Gumbel-softmax hard decisions
+  (monotone, class token always kept) and policy-masked attention, every token still computed.
+  Inference: top-k gather with fixed keep counts ``int(num_patches * ratio)``; the kept tokens
+  follow the class token in order of descending score (as the original does), so batches stay
+  rectangular, FLOPs are fixed and the output is deterministic.
+- :class:`DynamicViTClassifier`: mmpretrain's ``ImageClassifier`` plus the DynamicViT losses
+  (classification, keep-ratio, and distillation from a frozen dense teacher: KL on the logits,
+  MSE on the tokens the student keeps), each logged by name.
+"""
+import copy
+import inspect
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from mmengine.logging import print_log
+from mmengine.model import BaseModule, ModuleList
+from mmengine.model.weight_init import trunc_normal_
+from mmpretrain.models.backbones.vision_transformer import (TransformerEncoderLayer,
+                                                            VisionTransformer)
+from mmpretrain.models.classifiers import ImageClassifier
+from mmpretrain.models.utils import MultiheadAttention, resize_pos_embed
+from torch import Tensor, nn
+
+from mmsparse.ops.tokens import (batch_index_select, cumulative_keep_ratios, gumbel_keep_decision,
+                                 keep_counts, keep_ratio_loss, masked_token_mse,
+                                 policy_weighted_mean, random_keep_decision, select_topk_tokens,
+                                 softmax_with_policy)
+from mmsparse.registry import MODELS
+
+__all__ = ['PolicyAttention', 'DynamicEncoderLayer', 'DynamicViTPredictor',
+           'DynamicVisionTransformer', 'DynamicViTClassifier']
+
+
+class PolicyAttention(MultiheadAttention):
+    """mmpretrain's ``MultiheadAttention`` (same parameters and keys) with an optional keep policy.
+
+    ``forward(x)`` is mmpretrain's fused attention. ``forward(x, policy)`` computes the attention
+    matrix explicitly and normalises it with :func:`~mmsparse.ops.tokens.softmax_with_policy`:
+    dropped keys get no attention, except that every query attends to itself.
+    """
+
+    def __init__(self, *args, policy_max_gap: float = 0.0, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.policy_max_gap = policy_max_gap
+
+    def forward(self, x: Tensor, policy: Optional[Tensor] = None) -> Tensor:
+        """Args: x (B, T, C); policy (B, T) 0/1 keep policy or None. Returns (B, T, C)."""
+        if policy is None:
+            return super().forward(x)
+        if self.v_shortcut:
+            raise NotImplementedError('PolicyAttention does not support v_shortcut')
+        B, T, _ = x.shape
+        qkv = self.qkv(x).reshape(B, T, 3, self.num_heads, self.head_dims).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv[0], qkv[1], qkv[2]
+        attn = (q * self.head_dims**-0.5) @ k.transpose(-2, -1)
+        attn = softmax_with_policy(attn, policy, max_gap=self.policy_max_gap)
+        if self.training and self.attn_drop > 0:
+            attn = F.dropout(attn, p=self.attn_drop)
+        x = (attn @ v).transpose(1, 2).reshape(B, T, self.embed_dims)
+        x = self.proj(x)
+        return self.out_drop(self.gamma1(self.proj_drop(x)))
+
+
+class DynamicEncoderLayer(TransformerEncoderLayer):
+    """mmpretrain's ``TransformerEncoderLayer`` whose attention takes a keep policy.
+
+    Same arguments and state_dict keys as ``TransformerEncoderLayer``.
+    """
+
+    def __init__(self, embed_dims: int, num_heads: int, feedforward_channels: int,
+                 layer_scale_init_value: float = 0., drop_rate: float = 0.,
+                 attn_drop_rate: float = 0., drop_path_rate: float = 0., qkv_bias: bool = True,
+                 policy_max_gap: float = 0.0, **kwargs) -> None:
+        super().__init__(embed_dims, num_heads, feedforward_channels,
+                         layer_scale_init_value=layer_scale_init_value, drop_rate=drop_rate,
+                         attn_drop_rate=attn_drop_rate, drop_path_rate=drop_path_rate,
+                         qkv_bias=qkv_bias, **kwargs)
+        self.attn = PolicyAttention(
+            embed_dims=embed_dims, num_heads=num_heads, attn_drop=attn_drop_rate,
+            proj_drop=drop_rate, dropout_layer=dict(type='DropPath', drop_prob=drop_path_rate),
+            qkv_bias=qkv_bias, layer_scale_init_value=layer_scale_init_value,
+            policy_max_gap=policy_max_gap)
+
+    def forward(self, x: Tensor, policy: Optional[Tensor] = None) -> Tensor:
+        """Args: x (B, T, C); policy (B, T) or None. Returns (B, T, C)."""
+        x = x + self.attn(self.ln1(x), policy)
+        return self.ffn(self.ln2(x), identity=x)
+
+
+@MODELS.register_module()
+class DynamicViTPredictor(BaseModule):
+    """DynamicViT's prediction module (``PredictorLG``): keep/drop log-probabilities per token.
+
+    ``in_conv`` = LayerNorm -> Linear(C, C) -> GELU; the first C/2 channels are local
+    features, the last C/2 are averaged over the kept tokens (policy-weighted) into a global
+    feature broadcast to every token; ``out_conv`` = Linear(C, C/2) -> GELU -> Linear(C/2, C/4)
+    -> GELU -> Linear(C/4, 2) -> LogSoftmax. Keys match the original's ``score_predictor.<k>.*``.
+    The first ``out_conv`` layer is applied to the local and global halves separately (the same
+    result, with the global half computed once per sample rather than once per token).
+
+    Args:
+        embed_dims: C.
+    """
+
+    def __init__(self, embed_dims: int, init_cfg: Optional[dict] = None) -> None:
+        super().__init__(init_cfg=init_cfg)
+        c = embed_dims
+        self.in_conv = nn.Sequential(nn.LayerNorm(c), nn.Linear(c, c), nn.GELU())
+        self.out_conv = nn.Sequential(
+            nn.Linear(c, c // 2), nn.GELU(), nn.Linear(c // 2, c // 4), nn.GELU(),
+            nn.Linear(c // 4, 2), nn.LogSoftmax(dim=-1))
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                trunc_normal_(m.weight, std=.02)
+                nn.init.zeros_(m.bias)
+
+    def forward(self, x: Tensor, policy: Optional[Tensor] = None) -> Tensor:
+        """Args: x patch tokens (B, N, C); policy (B, N) current keep policy or None (all kept).
+
+        Returns:
+            (B, N, 2) log-probabilities: channel 0 keep, channel 1 drop.
+        """
+        x = self.in_conv(x)
+        h = x.shape[-1] // 2
+        glob = policy_weighted_mean(x[..., h:], policy)  # (B, 1, C - h)
+        # out_conv[0] on [local, global broadcast] without building the concatenation: the
+        # global half of the product is computed once per sample instead of once per token
+        fc = self.out_conv[0]
+        y = F.linear(x[..., :h], fc.weight[:, :h], fc.bias) + F.linear(glob, fc.weight[:, h:])
+        return self.out_conv[1:](y)
+
+
+@MODELS.register_module()
+class DynamicVisionTransformer(VisionTransformer):
+    """mmpretrain's ``VisionTransformer`` with DynamicViT token pruning.
+
+    All of ``VisionTransformer``'s arguments (``arch='deit-tiny' | 'deit-small' | 'deit-base'``
+    or a dict, ``img_size``, ``patch_size``, ``drop_path_rate``, ``out_type``, ``init_cfg`` ...)
+    and state_dict keys are kept; the predictors (``predictors.<k>.*``) are the only new keys.
+
+    Before block ``pruning_loc[k]`` a predictor scores the patch tokens (the output of block
+    ``pruning_loc[k] - 1``) and stage k keeps ``keep_ratios[k]`` of the *original* patch tokens.
+
+    - Training (``model.train()``): hard Gumbel-softmax decisions, multiplied by the previous
+      stage's (a dropped token stays dropped); the class token is always kept; the blocks run
+      on all tokens with policy-masked attention. :meth:`forward_with_aux` also returns the
+      decisions and the final tokens (for the ratio and distillation losses).
+    - Inference (``model.eval()``): keep the ``int(num_patches * keep_ratios[k])`` best-scored
+      patch tokens (top-k gather); the token order becomes [class token, kept tokens by
+      descending score]. The tokens are really dropped, so FLOPs counting sees fewer tokens.
+
+    Args:
+        arch: a ``VisionTransformer`` arch.
+        pruning_loc: block indices before which tokens are pruned, strictly increasing in
+            [1, num_layers - 1]. Default (3, 6, 9) as in the original for DeiT.
+        keep_rate: rho in (0, 1]; the default keep ratios are rho, rho**2, rho**3, ...
+        keep_ratios: explicit keep ratio per location (non-increasing, in (0, 1]); overrides
+            the powers of ``keep_rate``.
+        selector: 'predictor' (DynamicViT) or 'random' (baseline: the same keep counts, chosen
+            uniformly at random in training and inference; no predictors are built).
+        freeze_cls_pos: give ``cls_token`` and ``pos_embed`` ``requires_grad=False`` (the
+            original excludes them from the optimizer).
+        gumbel_tau: Gumbel-softmax temperature (original: 1).
+        policy_max_gap: the policy-gradient clip of the masked attention (see
+            :func:`~mmsparse.ops.tokens.softmax_with_policy`); ~14 approximates the original.
+        **kwargs: the other ``VisionTransformer`` arguments. ``out_type`` may be 'cls_token',
+            'raw' or 'avg_featmap' (a 'featmap' grid does not exist once tokens are dropped).
+    """
+    OUT_TYPES = {'raw', 'cls_token', 'avg_featmap'}
+    SELECTORS = ('predictor', 'random')
+    # arguments of this class that a dense VisionTransformer does not take
+    DYNAMIC_KEYS = ('pruning_loc', 'keep_rate', 'keep_ratios', 'selector', 'freeze_cls_pos',
+                    'gumbel_tau', 'policy_max_gap')
+
+    def __init__(self, arch: Union[str, dict] = 'deit-small',
+                 pruning_loc: Sequence[int] = (3, 6, 9), keep_rate: float = 0.7,
+                 keep_ratios: Optional[Sequence[float]] = None, selector: str = 'predictor',
+                 freeze_cls_pos: bool = True, gumbel_tau: float = 1.0,
+                 policy_max_gap: float = 0.0, **kwargs) -> None:
+        out_type = kwargs.get('out_type', 'cls_token')
+        if out_type not in self.OUT_TYPES:
+            raise ValueError(f'out_type must be one of {sorted(self.OUT_TYPES)} for '
+                             f'DynamicVisionTransformer, got {out_type!r} (pruned tokens leave '
+                             f'no feature map grid)')
+        if not kwargs.get('with_cls_token', True):
+            raise ValueError('with_cls_token must be True for DynamicVisionTransformer (the '
+                             'class token is the token that is always kept)')
+        if selector not in self.SELECTORS:
+            raise ValueError(f'selector must be one of {self.SELECTORS}, got {selector!r}')
+        if not gumbel_tau > 0:
+            raise ValueError(f'gumbel_tau must be > 0, got {gumbel_tau}')
+        if not (isinstance(policy_max_gap, (int, float)) and policy_max_gap >= 0):
+            raise ValueError(f'policy_max_gap must be a number >= 0, got {policy_max_gap!r}')
+        self._policy_max_gap = float(policy_max_gap)
+        super().__init__(arch=arch, **kwargs)
+        self.pruning_loc = self._check_pruning_loc(pruning_loc, self.num_layers)
+        self.keep_rate = keep_rate
+        self.keep_ratios = self._check_keep_ratios(keep_rate, keep_ratios, len(self.pruning_loc))
+        self.num_patches = self.patch_resolution[0] * self.patch_resolution[1]
+        try:
+            self.eval_keep_counts = keep_counts(self.num_patches, self.keep_ratios)
+        except ValueError as e:
+            key = 'keep_ratios' if keep_ratios is not None else 'keep_rate'
+            raise ValueError(f'{key}={keep_ratios if keep_ratios is not None else keep_rate} '
+                             f'with pruning_loc={self.pruning_loc}: {e}; raise {key} or use '
+                             f'fewer pruning locations') from None
+        self.selector = selector
+        self.gumbel_tau = gumbel_tau
+
+        # the encoder layers again, with policy-aware attention (same arguments and keys)
+        self.layers = ModuleList(
+            [DynamicEncoderLayer(**cfg) for cfg in self._layer_cfgs(kwargs)])
+        if self.frozen_stages > 0:
+            self._freeze_stages()
+        self.predictors = ModuleList(
+            [DynamicViTPredictor(self.embed_dims) for _ in self.pruning_loc]
+        ) if selector == 'predictor' else None
+        if freeze_cls_pos:
+            self.cls_token.requires_grad_(False)
+            self.pos_embed.requires_grad_(False)
+
+    @staticmethod
+    def _check_pruning_loc(pruning_loc: Sequence[int], depth: int) -> List[int]:
+        locs = list(pruning_loc) if isinstance(pruning_loc, (list, tuple)) else None
+        ok = (locs is not None and len(locs) > 0
+              and all(isinstance(i, int) and not isinstance(i, bool) for i in locs)
+              and all(1 <= i <= depth - 1 for i in locs)
+              and all(a < b for a, b in zip(locs, locs[1:])))
+        if not ok:
+            raise ValueError(f'pruning_loc must be a non-empty list of strictly increasing '
+                             f'block indices in [1, depth-1] = [1, {depth - 1}], got '
+                             f'{pruning_loc!r}')
+        return locs
+
+    @staticmethod
+    def _check_keep_ratios(keep_rate: float, keep_ratios: Optional[Sequence[float]],
+                           num_stages: int) -> List[float]:
+        if not (isinstance(keep_rate, (int, float)) and 0.0 < keep_rate <= 1.0):
+            raise ValueError(f'keep_rate must be in (0, 1], got {keep_rate!r}')
+        if keep_ratios is None:
+            return cumulative_keep_ratios(float(keep_rate), num_stages)
+        ratios = list(keep_ratios)
+        if (len(ratios) != num_stages or not all(0.0 < r <= 1.0 for r in ratios)
+                or any(b > a for a, b in zip(ratios, ratios[1:]))):
+            raise ValueError(f'keep_ratios must be {num_stages} non-increasing values in (0, 1] '
+                             f'(one per pruning_loc), got {keep_ratios!r}')
+        return [float(r) for r in ratios]
+
+    def _layer_cfgs(self, kwargs: dict) -> List[dict]:
+        """The per-layer arguments ``VisionTransformer.__init__`` gives its layers."""
+        defaults = inspect.signature(VisionTransformer.__init__).parameters
+
+        def arg(name):
+            return kwargs.get(name, defaults[name].default)
+
+        dpr = np.linspace(0, arg('drop_path_rate'), self.num_layers)
+        layer_cfgs = arg('layer_cfgs')
+        if isinstance(layer_cfgs, dict):
+            layer_cfgs = [layer_cfgs] * self.num_layers
+        cfgs = []
+        for i in range(self.num_layers):
+            cfg = dict(policy_max_gap=self._policy_max_gap,
+                       embed_dims=self.embed_dims, num_heads=self.arch_settings['num_heads'],
+                       feedforward_channels=self.arch_settings['feedforward_channels'],
+                       layer_scale_init_value=arg('layer_scale_init_value'),
+                       drop_rate=arg('drop_rate'), drop_path_rate=dpr[i],
+                       qkv_bias=arg('qkv_bias'), norm_cfg=arg('norm_cfg'))
+            cfg.update(layer_cfgs[i])
+            cfgs.append(cfg)
+        return cfgs
+
+    def train(self, mode: bool = True) -> 'DynamicVisionTransformer':
+        super().train(mode)  # mmpretrain's BaseBackbone.train returns None
+        return self
+
+    def keep_counts(self, num_patches: Optional[int] = None) -> List[int]:
+        """Patch tokens kept after each pruning location at inference (default: img_size)."""
+        return keep_counts(num_patches or self.num_patches, self.keep_ratios)
+
+    def forward(self, x: Tensor) -> Tuple[Tensor, ...]:
+        """Args: x images (B, C_in, H, W). Returns the ``out_indices`` features (tuple)."""
+        return self.forward_with_aux(x)[0]
+
+    def forward_with_aux(self, x: Tensor) -> Tuple[Tuple[Tensor, ...], Dict[str, object]]:
+        """The forward pass, with what the losses and pictures need.
+
+        Returns:
+            ``(outs, aux)``. ``aux['tokens']``: the final (normed) tokens; in training
+            (B, 1 + N, C) in the input order, dropped tokens included; at inference
+            (B, 1 + K_last, C). ``aux['decisions']``: training only, one (B, N) 0/1 decision
+            per stage (cumulative, differentiable for the predictor). ``aux['kept_indices']``:
+            inference only, one (B, K_k) tensor per stage with the positions (0..N-1, row-major
+            over the patch grid) of the kept patch tokens, in the order they are kept.
+        """
+        B = x.shape[0]
+        x, patch_resolution = self.patch_embed(x)
+        x = torch.cat((self.cls_token.expand(B, -1, -1), x), dim=1)
+        x = x + resize_pos_embed(self.pos_embed, self.patch_resolution, patch_resolution,
+                                 mode=self.interpolate_mode,
+                                 num_extra_tokens=self.num_extra_tokens)
+        x = self.drop_after_pos(x)
+        x = self.pre_norm(x)
+        counts = keep_counts(x.shape[1] - 1, self.keep_ratios)
+
+        masked = self.training
+        decision: Optional[Tensor] = None  # (B, N), training
+        policy: Optional[Tensor] = None  # (B, 1 + N), training
+        decisions: List[Tensor] = []
+        kept: List[Tensor] = []
+        positions: Optional[Tensor] = None
+        outs = []
+        stage = 0
+        for i, layer in enumerate(self.layers):
+            if stage < len(self.pruning_loc) and i == self.pruning_loc[stage]:
+                if masked:
+                    decision = self._train_decision(stage, x, decision, counts[stage])
+                    decisions.append(decision)
+                    policy = torch.cat([decision.new_ones(B, 1), decision], dim=1)
+                else:
+                    x, idx = select_topk_tokens(x, self._scores(stage, x), counts[stage])
+                    positions = idx if positions is None else batch_index_select(positions, idx)
+                    kept.append(positions)
+                stage += 1
+            x = layer(x, policy)
+            if i == len(self.layers) - 1 and self.final_norm:
+                x = self.ln1(x)
+            if i in self.out_indices:
+                outs.append(self._format(x, decision))
+        aux = dict(tokens=x, decisions=decisions, kept_indices=kept)
+        return tuple(outs), aux
+
+    def _train_decision(self, stage: int, x: Tensor, prev: Optional[Tensor],
+                        num_keep: int) -> Tensor:
+        if self.selector == 'random':
+            if prev is None:
+                prev = x.new_ones(x.shape[0], x.shape[1] - 1)
+            return random_keep_decision(prev, num_keep)
+        log_probs = self.predictors[stage](x[:, 1:], prev)
+        return gumbel_keep_decision(log_probs, prev, tau=self.gumbel_tau)
+
+    def _scores(self, stage: int, x: Tensor) -> Tensor:
+        if self.selector == 'random':
+            return torch.rand(x.shape[0], x.shape[1] - 1, device=x.device)
+        return self.predictors[stage](x[:, 1:])[..., 0]
+
+    def _format(self, x: Tensor, decision: Optional[Tensor]) -> Tensor:
+        if self.out_type == 'raw':
+            return x
+        if self.out_type == 'cls_token':
+            return x[:, 0]
+        return self.ln2(policy_weighted_mean(x[:, 1:], decision).squeeze(1))
+
+
+def _save_teacher_hook(module: 'DynamicViTClassifier', state_dict: dict, prefix: str,
+                       local_metadata: dict) -> None:
+    """state_dict post-hook: a teacher copied from the student is saved as ``teacher.*``."""
+    teacher = module.teacher
+    if teacher is not None and module._teacher_ready and module.teacher_checkpoint is None:
+        for k, v in teacher.state_dict().items():
+            state_dict[f'{prefix}teacher.{k}'] = v.detach()
+
+
+def _load_teacher_hook(module: 'DynamicViTClassifier', state_dict: dict, prefix: str,
+                       local_metadata: dict, strict: bool, missing_keys: list,
+                       unexpected_keys: list, error_msgs: list) -> None:
+    """load_state_dict pre-hook: ``teacher.*`` keys go to the teacher (or are dropped)."""
+    head = f'{prefix}teacher.'
+    keys = [k for k in state_dict if k.startswith(head)]
+    if not keys:
+        return
+    sub = {k[len(head):]: state_dict.pop(k) for k in keys}
+    if module.teacher is not None:
+        module.teacher.load_state_dict(sub, strict=True)
+        module._teacher_ready = True
+
+
+@MODELS.register_module()
+class DynamicViTClassifier(ImageClassifier):
+    """mmpretrain's ``ImageClassifier`` with DynamicViT's training losses.
+
+    ``loss`` returns ``loss_cls`` (the head's loss), ``loss_ratio`` (``ratio_weight`` x
+    :func:`~mmsparse.ops.tokens.keep_ratio_loss`), ``loss_distill_cls`` (``distill_weight`` x
+    KL(teacher || student) of the logits, batch mean, T = 1) and ``loss_distill_token``
+    (``token_distill_weight`` x MSE of the final patch tokens that the student keeps), plus the
+    mean keep fraction of each stage (``keep_ratio_<k>``, logged, not a loss). Prediction and
+    ``mode='tensor'`` are ``ImageClassifier``'s.
+
+    The teacher is a frozen dense ``ImageClassifier`` of the student's arch, kept in eval mode.
+    It is not a submodule: it is not in ``parameters()`` (so not in the optimizer or in
+    parameter counts) and is not moved by ``train()``; ``.to()``/``.cuda()`` do move it.
+    Its weights are, in order: ``teacher_checkpoint`` if given (loaded by ``init_weights``);
+    else a copy of the student's backbone and head when the first training loss is computed
+    (i.e. after ``load_from`` / ``init_cfg``), saved in checkpoints as ``teacher.*`` so that a
+    resumed run distils from the same teacher.
+
+    Args:
+        backbone: a :class:`DynamicVisionTransformer` config.
+        neck: must be None (the head reads the class token).
+        head: a ``VisionTransformerClsHead``-like head config.
+        teacher: None (a dense ``mmpretrain.VisionTransformer`` copy of ``backbone``'s config
+            with the same head), a model config dict, or the path of a config file whose
+            ``model`` is the teacher. Its backbone must be a ``VisionTransformer`` of the
+            student's arch, patch grid and classes.
+        teacher_checkpoint: checkpoint (path or URL) of the teacher.
+        distill: build a teacher and add the two distillation losses.
+        ratio_weight: weight of the keep-ratio loss (original: 2.0; 5.0 for DeiT-B).
+        distill_weight: weight of the logit KL (original 0.5).
+        token_distill_weight: weight of the token MSE (original 0.5).
+        **kwargs: ``ImageClassifier``'s ``pretrained``, ``train_cfg``, ``data_preprocessor``,
+            ``init_cfg``.
+    """
+
+    def __init__(self, backbone: dict, neck: Optional[dict] = None, head: Optional[dict] = None,
+                 teacher: Optional[Union[str, dict]] = None,
+                 teacher_checkpoint: Optional[str] = None, distill: bool = True,
+                 ratio_weight: float = 2.0, distill_weight: float = 0.5,
+                 token_distill_weight: float = 0.5, **kwargs) -> None:
+        for name, w in (('ratio_weight', ratio_weight), ('distill_weight', distill_weight),
+                        ('token_distill_weight', token_distill_weight)):
+            if not (isinstance(w, (int, float)) and w >= 0):
+                raise ValueError(f'{name} must be a number >= 0, got {w!r}')
+        if neck is not None:
+            raise ValueError('neck must be None for DynamicViTClassifier (the head reads the '
+                             f'class token), got {neck!r}')
+        backbone_cfg = copy.deepcopy(backbone) if isinstance(backbone, dict) else None
+        head_cfg = copy.deepcopy(head) if isinstance(head, dict) else None
+        super().__init__(backbone, neck=None, head=head, **kwargs)
+        if not isinstance(self.backbone, DynamicVisionTransformer):
+            raise ValueError(f'backbone.type must be mmsparse.DynamicVisionTransformer, got '
+                             f'{type(self.backbone).__name__}')
+        self.ratio_weight = ratio_weight
+        self.distill_weight = distill_weight
+        self.token_distill_weight = token_distill_weight
+        self.teacher_checkpoint = teacher_checkpoint
+        self._set_teacher(None)
+        self._teacher_ready = False
+        if distill:
+            if self.backbone.out_type != 'cls_token':
+                raise ValueError(f"distillation needs backbone.out_type='cls_token', got "
+                                 f"{self.backbone.out_type!r} (or set distill=False)")
+            self._set_teacher(self._build_teacher(teacher, backbone_cfg, head_cfg))
+        self.register_state_dict_post_hook(_save_teacher_hook)
+        self.register_load_state_dict_pre_hook(_load_teacher_hook)
+
+    # ---- the teacher -------------------------------------------------------------------------
+    @property
+    def teacher(self) -> Optional[nn.Module]:
+        return self.__dict__['_teacher']
+
+    def _set_teacher(self, teacher: Optional[nn.Module]) -> None:
+        # not a submodule: out of parameters(), state_dict() (see the hooks) and train()
+        object.__setattr__(self, '_teacher', teacher)
+
+    def _build_teacher(self, teacher, backbone_cfg: Optional[dict],
+                       head_cfg: Optional[dict]) -> nn.Module:
+        if teacher is None:
+            if backbone_cfg is None or head_cfg is None:
+                raise ValueError('teacher: give a teacher config when backbone and head are '
+                                 'modules rather than config dicts')
+            bb = {k: v for k, v in backbone_cfg.items()
+                  if k not in DynamicVisionTransformer.DYNAMIC_KEYS}
+            bb['type'] = 'mmpretrain.VisionTransformer'
+            bb['init_cfg'] = None
+            cfg = dict(type='mmpretrain.ImageClassifier', backbone=bb, head=head_cfg)
+        elif isinstance(teacher, str):
+            from mmengine.config import Config
+            cfg = Config.fromfile(teacher).model.to_dict()
+        elif isinstance(teacher, dict):
+            cfg = copy.deepcopy(teacher)
+            cfg = cfg.to_dict() if hasattr(cfg, 'to_dict') else cfg
+        else:
+            raise ValueError(f'teacher must be None, a model config dict or a config file path, '
+                             f'got {type(teacher).__name__}')
+        if cfg.get('neck') is not None:
+            raise ValueError('teacher: the teacher must have neck=None')
+        cfg.setdefault('_scope_', 'mmpretrain')
+        cfg['backbone'] = dict(cfg['backbone'], out_type='raw', out_indices=-1)
+        cfg['data_preprocessor'] = dict(type='mmpretrain.ClsDataPreprocessor')
+        cfg.pop('train_cfg', None)
+        model = MODELS.build(cfg)
+        self._check_teacher(model)
+        model.requires_grad_(False)
+        model.eval()
+        return model
+
+    def _check_teacher(self, model: nn.Module) -> None:
+        tb, sb = getattr(model, 'backbone', None), self.backbone
+        if not isinstance(tb, VisionTransformer) or isinstance(tb, DynamicVisionTransformer):
+            raise ValueError(f'teacher: backbone must be a dense (mmpretrain) VisionTransformer, '
+                             f'got {type(tb).__name__}')
+        keys = ('embed_dims', 'num_layers', 'num_heads', 'feedforward_channels')
+        t_arch = {k: tb.arch_settings.get(k) for k in keys}
+        s_arch = {k: sb.arch_settings.get(k) for k in keys}
+        if t_arch != s_arch or tuple(tb.patch_resolution) != tuple(sb.patch_resolution):
+            raise ValueError(f'teacher: backbone arch {t_arch} with patch grid '
+                             f'{tuple(tb.patch_resolution)} does not match the student\'s '
+                             f'{s_arch} with {tuple(sb.patch_resolution)}; the teacher must be '
+                             f'the dense model of the same arch (e.g. arch=\'deit-small\' for '
+                             f'DynamicViT-DeiT-S), or leave teacher=None')
+        t_cls = getattr(model.head, 'num_classes', None)
+        s_cls = getattr(self.head, 'num_classes', None)
+        if t_cls != s_cls:
+            raise ValueError(f'teacher: head.num_classes {t_cls} does not match the student\'s '
+                             f'{s_cls}')
+
+    def _apply(self, fn, recurse: bool = True):
+        super()._apply(fn, recurse)
+        if self.teacher is not None:
+            self.teacher._apply(fn, recurse)
+        return self
+
+    def init_weights(self) -> None:
+        super().init_weights()
+        if self.teacher is not None and self.teacher_checkpoint:
+            self.load_teacher(self.teacher_checkpoint)
+
+    def load_teacher(self, filename: str) -> None:
+        """Load the teacher's backbone and head from a checkpoint (strict on those keys)."""
+        from mmengine.runner.checkpoint import CheckpointLoader
+        ckpt = CheckpointLoader.load_checkpoint(filename, map_location='cpu')
+        sd = ckpt.get('state_dict', ckpt)
+        sd = {(k[7:] if k.startswith('module.') else k): v for k, v in sd.items()}
+        sd = {k: v for k, v in sd.items()
+              if k.startswith(('backbone.', 'head.')) and not k.startswith('backbone.predictors.')}
+        own = self.teacher.state_dict()
+        missing = sorted(k for k in own if k.startswith(('backbone.', 'head.')) and k not in sd)
+        if missing:
+            raise ValueError(f'teacher_checkpoint {filename}: missing {len(missing)} teacher '
+                             f'weights, e.g. {missing[:3]} (expected an mmpretrain '
+                             f'VisionTransformer classifier checkpoint)')
+        self.teacher.load_state_dict(sd, strict=False)
+        self._teacher_ready = True
+        print_log(f'DynamicViT teacher loaded from {filename}', logger='current')
+
+    def _teacher_from_student(self) -> None:
+        sd = {k: v for k, v in self.backbone.state_dict().items()
+              if not k.startswith('predictors.')}
+        self.teacher.backbone.load_state_dict(sd, strict=True)
+        self.teacher.head.load_state_dict(self.head.state_dict(), strict=True)
+        self._teacher_ready = True
+        print_log('DynamicViT teacher: a frozen copy of the student\'s dense weights at the '
+                  'start of training', logger='current')
+
+    @torch.no_grad()
+    def teacher_forward(self, inputs: Tensor) -> Tuple[Tensor, Tensor]:
+        """Teacher logits (B, classes) and final normed tokens (B, 1 + N, C)."""
+        if not self._teacher_ready:
+            self._teacher_from_student()
+        self.teacher.eval()
+        tokens = self.teacher.backbone(inputs)[-1]
+        return self.teacher.head((tokens[:, 0], )), tokens
+
+    # ---- losses ------------------------------------------------------------------------------
+    def loss(self, inputs: Tensor, data_samples: list) -> Dict[str, Tensor]:
+        """The DynamicViT losses of a batch (see the class docstring)."""
+        feats, aux = self.backbone.forward_with_aux(inputs)
+        losses = {}
+        head_losses = self.head.loss(feats, data_samples)
+        losses['loss_cls'] = head_losses.pop('loss')
+        losses.update(head_losses)
+        decisions = aux['decisions']
+        if self.backbone.selector == 'predictor' and decisions:
+            losses['loss_ratio'] = self.ratio_weight * keep_ratio_loss(
+                decisions, self.backbone.keep_ratios[:len(decisions)])
+        if self.teacher is not None:
+            t_logits, t_tokens = self.teacher_forward(inputs)
+            logits = self.head(feats)
+            losses['loss_distill_cls'] = self.distill_weight * F.kl_div(
+                F.log_softmax(logits.float(), dim=-1), F.log_softmax(t_logits.float(), dim=-1),
+                reduction='batchmean', log_target=True)
+            losses['loss_distill_token'] = self.token_distill_weight * masked_token_mse(
+                aux['tokens'][:, 1:], t_tokens[:, 1:], decisions[-1])
+        for k, d in enumerate(decisions):
+            losses[f'keep_ratio_{k}'] = d.detach().float().mean()
+        return losses

@@ -1,0 +1,265 @@
+"""Token pruning ops (DynamicViT): keep counts, policy-masked softmax, top-k gather, Gumbel
+decisions, ratio and token-distillation losses. Torch only, no module state.
+
+Shapes: B batch, N patch tokens (class token excluded unless said), T = 1 + N tokens with the
+class token first, H heads, C channels, K kept patch tokens.
+
+A *decision* or *policy* is a float tensor of 0/1 values (1 = keep) that may carry gradients
+(straight-through Gumbel-softmax), so masks stay differentiable w.r.t. the predictors.
+"""
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = [
+    'cumulative_keep_ratios', 'keep_counts', 'softmax_with_policy', 'batch_index_select',
+    'select_topk_tokens', 'policy_weighted_mean', 'gumbel_keep_decision',
+    'random_keep_decision', 'keep_ratio_loss', 'masked_token_mse'
+]
+
+
+def cumulative_keep_ratios(keep_rate: float, num_stages: int) -> List[float]:
+    """DynamicViT's keep ratios ``[rho, rho**2, ..., rho**num_stages]`` (of the patch tokens).
+
+    Args:
+        keep_rate: rho, in (0, 1].
+        num_stages: number of pruning locations.
+    """
+    if not 0.0 < keep_rate <= 1.0:
+        raise ValueError(f'keep_rate must be in (0, 1], got {keep_rate}')
+    return [keep_rate ** (i + 1) for i in range(num_stages)]
+
+
+def keep_counts(num_patches: int, ratios: Sequence[float]) -> List[int]:
+    """Patch tokens kept at each stage at inference: ``int(num_patches * ratio)``.
+
+    ``ratios`` are fractions of the *original* number of patch tokens (DeiT-S, rho 0.7, 196
+    patches: 137, 96, 67). The class token is kept on top of these.
+
+    Raises:
+        ValueError: if a stage would keep no token.
+    """
+    counts = [int(num_patches * r) for r in ratios]
+    for i, (r, k) in enumerate(zip(ratios, counts)):
+        if k < 1:
+            raise ValueError(f'keep ratio {r:.4g} of stage {i} keeps int({num_patches} * {r:.4g})'
+                             f' = {k} of {num_patches} patch tokens; every stage must keep >= 1')
+    return counts
+
+
+def softmax_with_policy(attn: Tensor, policy: Tensor, eps: float = 1e-6,
+                        max_gap: float = 0.0) -> Tensor:
+    """Attention softmax restricted to the tokens a policy keeps (DynamicViT training).
+
+    With ``G_ij = p_j + (1 - p_j) * delta_ij`` (a query always attends to itself)::
+
+        A_ij = (exp(a_ij - m_i) * G_ij + eps / T) / (sum_j exp(a_ij - m_i) * G_ij + eps)
+
+    computed in float32. For a 0/1 policy this is the plain softmax over the kept keys (plus
+    ``eps``-sized terms). Unlike the original, ``m_i`` is the maximum over the *attended* keys
+    (not all keys), so the largest attended term is exactly 1: the denominator is >= 1, no row
+    can underflow to 0 and nothing is NaN, even when a sample drops every patch token. ``m`` is
+    a constant for autograd (the softmax does not depend on it); gradients reach ``policy``.
+
+    Policy-gradient clip: the gradient w.r.t. ``p_j`` of a dropped key is proportional to
+    ``exp(a_ij - m_i)``, which explodes when a dropped key's logit is far above every attended
+    one (the original's global max and ``eps`` cap this factor only at ``~1/eps``). Here the
+    exponent is capped at ``max_gap``: such a key gets the policy gradient (same sign) of a key
+    ``max_gap`` above the attended maximum. Forward values do not depend on it (dropped keys get
+    0 attention either way), nor do the gradients of keys below the attended maximum. Default
+    0: at most the gradient of a key tied with the best attended one; ``log(1/eps)`` ~ 14
+    approximates the original's cap.
+
+    Args:
+        attn: attention logits ``q k^T * scale``, (B, H, T, T).
+        policy: keep policy of the keys, (B, T) or (B, T, 1), values in [0, 1].
+        eps: numerical safety term.
+        max_gap: cap of ``a_ij - m_i`` inside the exponential (the policy-gradient clip).
+
+    Returns:
+        Attention probabilities (B, H, T, T), in ``attn``'s dtype.
+    """
+    B, _, T, _ = attn.shape
+    p = policy.reshape(B, 1, 1, T).float()
+    eye = torch.eye(T, dtype=torch.float32, device=attn.device).view(1, 1, T, T)
+    g = p + (1.0 - p) * eye  # (B, 1, T, T)
+    return _PolicySoftmax.apply(attn.float(), g, eps, max_gap).to(attn.dtype)
+
+
+class _PolicySoftmax(torch.autograd.Function):
+    """:func:`softmax_with_policy` with a hand-written backward (about half the memory passes of
+    autograd through the elementwise ops; the same values and gradients).
+
+    With ``r = e / Z`` (``e = exp(a - m)``, ``Z = sum_j e_j g_j + eps``) and
+    ``t = r * (dA - sum_j dA_j A_j)``: ``dL/da = t * g`` and ``dL/dg = t``.
+    """
+
+    @staticmethod
+    def forward(ctx, attn: Tensor, g: Tensor, eps: float, max_gap: float) -> Tensor:
+        T = attn.shape[-1]
+        m = attn.masked_fill(g <= 0, float('-inf')).amax(dim=-1, keepdim=True)
+        # dropped keys above the attended maximum: exp(.) is capped at exp(max_gap), so it cannot
+        # overflow (inf * 0 = NaN); their forward value is 0 either way
+        e = (attn - m).clamp_(max=max_gap).exp_()
+        out = e * g
+        z = out.sum(dim=-1, keepdim=True).add_(eps)
+        out.add_(eps / T).div_(z)
+        r = e.div_(z)
+        ctx.save_for_backward(r, g, out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        r, g, out = ctx.saved_tensors
+        t = (grad_out - (grad_out * out).sum(dim=-1, keepdim=True)).mul_(r)
+        grad_g = t.sum(dim=1, keepdim=True) if ctx.needs_input_grad[1] else None
+        grad_attn = t.mul_(g) if ctx.needs_input_grad[0] else None
+        return grad_attn, grad_g, None, None
+
+
+def batch_index_select(x: Tensor, idx: Tensor) -> Tensor:
+    """Per-sample gather along dim 1.
+
+    Args:
+        x: (B, N) or (B, N, C).
+        idx: (B, K) int64 indices into dim 1.
+
+    Returns:
+        (B, K) or (B, K, C): ``out[b, k] = x[b, idx[b, k]]``.
+    """
+    if x.dim() == 2:
+        return torch.gather(x, 1, idx)
+    if x.dim() == 3:
+        return torch.gather(x, 1, idx.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+    raise ValueError(f'batch_index_select takes (B, N) or (B, N, C), got {tuple(x.shape)}')
+
+
+def select_topk_tokens(x: Tensor, scores: Tensor, num_keep: int,
+                       num_extra: int = 1) -> Tuple[Tensor, Tensor]:
+    """Keep the extra (class) tokens and the ``num_keep`` best-scoring patch tokens.
+
+    The kept patch tokens come in order of descending score (as DynamicViT's inference does),
+    not in their spatial order; the extra tokens stay first.
+
+    Args:
+        x: tokens (B, num_extra + N, C).
+        scores: a score per patch token (B, N); higher is kept first.
+        num_keep: K, 1 <= K <= N.
+        num_extra: leading tokens always kept (1: the class token).
+
+    Returns:
+        ``(tokens, idx)``: tokens (B, num_extra + K, C) and idx (B, K), the kept patch tokens'
+        positions among the N input patch tokens.
+    """
+    n = scores.shape[1]
+    if not 1 <= num_keep <= n:
+        raise ValueError(f'num_keep must be in [1, {n}], got {num_keep}')
+    idx = torch.topk(scores, num_keep, dim=1, largest=True, sorted=True).indices
+    kept = batch_index_select(x[:, num_extra:], idx)
+    return torch.cat([x[:, :num_extra], kept], dim=1), idx
+
+
+def policy_weighted_mean(x: Tensor, policy: Optional[Tensor] = None,
+                         eps: float = 1e-6) -> Tensor:
+    """Mean of the kept tokens, ``sum_n x_n p_n / sum_n p_n`` (plain mean without a policy).
+
+    A sample that keeps no token gets 0 (the original divides by 0 there).
+
+    Args:
+        x: (B, N, C).
+        policy: (B, N) keep policy, or None.
+        eps: lower bound of the denominator.
+
+    Returns:
+        (B, 1, C).
+    """
+    if policy is None:
+        return x.mean(dim=1, keepdim=True)
+    p = policy.unsqueeze(-1).to(x.dtype)
+    return (x * p).sum(dim=1, keepdim=True) / p.sum(dim=1, keepdim=True).clamp_min(eps)
+
+
+def gumbel_keep_decision(log_probs: Tensor, prev_decision: Optional[Tensor] = None,
+                         tau: float = 1.0, generator: Optional[torch.Generator] = None,
+                         ) -> Tensor:
+    """Hard keep decisions by straight-through Gumbel-softmax, monotone in the stages.
+
+    ``hard = onehot(argmax(log_probs + g))[..., 0] * prev_decision``, g ~ Gumbel(0, 1): the
+    forward value is exactly 0/1, the gradient is that of ``softmax((log_probs + g) / tau)``.
+    A token dropped earlier (``prev_decision`` 0) stays dropped.
+
+    Args:
+        log_probs: (B, N, 2) log-probabilities, channel 0 = keep, 1 = drop.
+        prev_decision: (B, N) decision of the previous stage, or None (all kept).
+        tau: Gumbel-softmax temperature.
+        generator: random generator of the noise (default: torch's global one).
+
+    Returns:
+        (B, N) decision, 1 = keep.
+    """
+    u = torch.empty_like(log_probs).exponential_(generator=generator)
+    soft = ((log_probs - u.log()) / tau).softmax(dim=-1)
+    index = soft.argmax(dim=-1, keepdim=True)
+    hard = torch.zeros_like(soft).scatter_(-1, index, 1.0)
+    keep = (hard - soft.detach() + soft)[..., 0]
+    return keep if prev_decision is None else keep * prev_decision
+
+
+def random_keep_decision(prev_decision: Tensor, num_keep: int,
+                         generator: Optional[torch.Generator] = None) -> Tensor:
+    """Keep ``num_keep`` tokens per sample, uniformly at random among those still kept.
+
+    The random-dropping baseline's training decision (exact counts, no gradient).
+
+    Args:
+        prev_decision: (B, N) 0/1 decision of the previous stage (each row keeps >= num_keep).
+        num_keep: tokens kept per sample.
+        generator: random generator (default: torch's global one).
+
+    Returns:
+        (B, N) 0/1 decision, monotone w.r.t. ``prev_decision``.
+    """
+    noise = torch.rand(prev_decision.shape, generator=generator, device=prev_decision.device,
+                       dtype=torch.float32)
+    score = noise + (prev_decision.detach() > 0.5).float() * 2.0  # kept tokens rank first
+    idx = torch.topk(score, num_keep, dim=1).indices
+    out = torch.zeros_like(prev_decision).scatter_(1, idx, 1.0)
+    return out * prev_decision.detach()
+
+
+def keep_ratio_loss(decisions: Sequence[Tensor], ratios: Sequence[float]) -> Tensor:
+    """DynamicViT's ratio loss: ``mean_i mean_b (mean_n D_i[b, n] - ratio_i) ** 2``.
+
+    Args:
+        decisions: one (B, N) cumulative decision per stage.
+        ratios: the target keep ratio of each stage.
+
+    Returns:
+        Scalar tensor.
+    """
+    if len(decisions) != len(ratios) or not decisions:
+        raise ValueError(f'need one target ratio per decision, got {len(decisions)} decisions '
+                         f'and {len(ratios)} ratios')
+    losses = [((d.float().mean(dim=1) - r) ** 2).mean() for d, r in zip(decisions, ratios)]
+    return torch.stack(losses).mean()
+
+
+def masked_token_mse(student: Tensor, teacher: Tensor, mask: Tensor) -> Tensor:
+    """MSE between student and teacher tokens on the tokens a mask keeps (DeiT distillation).
+
+    The mean runs over the kept tokens and channels; 0 when no token is kept.
+
+    Args:
+        student: (B, N, C).
+        teacher: (B, N, C).
+        mask: (B, N), a token counts where ``mask > 0.5``.
+
+    Returns:
+        Scalar tensor.
+    """
+    keep = mask.detach() > 0.5
+    if not bool(keep.any()):
+        return student.sum() * 0.0
+    return F.mse_loss(student[keep].float(), teacher[keep].float())
