@@ -1,2 +1,3 @@
 """Registered hooks, optimizer-wrapper constructors and loops: importing registers them."""
+from .sparsevit_hooks import SparsityAwareAdaptationHook  # noqa: F401  (SparseViT)
 from .dynamicvit_hooks import DynamicViTOptimHook, RNGStateHook  # noqa: F401  (DynamicViT)

@@ -1,2 +1,3 @@
 """Registered mmsparse models: importing this package registers every method's modules."""
+from .sparsevit import SparseSwinTransformer  # noqa: F401  (SparseViT)
 from .dynamicvit import DynamicViTClassifier, DynamicVisionTransformer  # noqa: F401  (DynamicViT)
