@@ -1,0 +1,8 @@
+# SViTE-Small at density 0.5 (the density of the original's token-selection runs); otherwise as
+# svite-deit-small_density0.4_8xb64_in1k.py.
+_base_ = ['./svite-deit-small_density0.4_8xb64_in1k.py']
+
+custom_hooks = [
+    dict(type='SparseTrainingHook', density=0.5, sparse_init='fixed_ERK', growth='gradient',
+         update_interval=15000, stop_ratio=0.8, death_rate=0.5, death_rate_min=0.005),
+]
