@@ -23,6 +23,16 @@ ROWS = [
          config='configs/svite/'
                 'svite-plus-vit-tiny-p4_density0.5-tokens0.7_ft-from-dense_fashion-mnist.py',
          init_from='ViT dense'),
+    # UVC at budget 0.5: a short stage-1 search (100 steps) from the dense row, then a short
+    # stage-2 fine-tune (150 steps) from the stage-1 row; the stage-2 row is tested and profiled
+    # as the compacted, physically smaller model (UVCCompactHook swap_model). The stage-1 row
+    # is the masked model (dense compute) right after the search, before any fine-tuning.
+    dict(name='UVC stage 1 (search, masked)',
+         config='configs/uvc/uvc-vit-tiny-p4_stage1_fashion-mnist-demo.py',
+         init_from='ViT dense'),
+    dict(name='UVC budget 0.5 (compact)',
+         config='configs/uvc/uvc-vit-tiny-p4_stage2_fashion-mnist-demo.py',
+         init_from='UVC stage 1 (search, masked)'),
 ]
 
 

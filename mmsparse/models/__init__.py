@@ -1,4 +1,5 @@
 """Registered mmsparse models: importing this package registers every method's modules."""
 from .sparsevit import SparseSwinTransformer  # noqa: F401  (SparseViT)
 from .dynamicvit import DynamicViTClassifier, DynamicVisionTransformer  # noqa: F401  (DynamicViT)
+from .uvc import UVCClassifier, UVCVisionTransformer, UVCCompactVisionTransformer  # noqa: F401  (UVC)
 from .svite import CompactVisionTransformer, SViTEVisionTransformer, TokenSelector  # noqa: F401  (SViTE; compact ViT shared)

@@ -1,0 +1,133 @@
+"""UVC hooks: per-epoch FLOPs / architecture logging, and compaction at the end of training.
+
+- :class:`UVCHook`: after every training epoch logs the expected (soft gates) and the real
+  (hard) FLOPs fraction of the current architecture, the budget dual, and a per-block table
+  (block runs?, heads, value dims per head, neurons); the two fractions also go to the
+  visualizer (``vis_data/scalars.json``) as ``uvc/flops_expected`` and ``uvc/flops_real``.
+- :class:`UVCCompactHook`: at the end of training writes the physically smaller model
+  (``<work_dir>/<name>.py`` + ``.pth``, see :mod:`mmsparse.compaction.uvc`), checks it against
+  the masked model, and optionally puts it in the runner's place, so that a following
+  ``runner.test()`` (``make demo``) evaluates and profiles the compact model.
+"""
+import os.path as osp
+from typing import Optional
+
+import torch
+from mmengine.hooks import Hook
+from mmengine.model import is_model_wrapper
+
+from mmsparse.registry import HOOKS
+
+__all__ = ['UVCHook', 'UVCCompactHook', 'format_architecture']
+
+
+def _uvc(runner):
+    model = runner.model.module if is_model_wrapper(runner.model) else runner.model
+    from mmsparse.models.uvc import UVCClassifier
+    if not isinstance(model, UVCClassifier):
+        raise ValueError(f'UVC hooks need a mmsparse.UVCClassifier model, got '
+                         f'{type(model).__name__}')
+    return model
+
+
+def format_architecture(rows) -> str:
+    """A text table of :meth:`UVCVisionTransformer.arch_summary` rows."""
+    lines = ['block | runs | heads | value dims per head | neurons']
+    for r in rows:
+        lines.append(f"{r['block']:5d} | {'yes' if r['runs'] else 'no ':>4} | {r['heads']:5d} | "
+                     f"{','.join(map(str, r['v_dims'])):>19} | {r['neurons']}")
+    return '\n'.join(lines)
+
+
+@HOOKS.register_module()
+class UVCHook(Hook):
+    """Log UVC's expected and real FLOPs fraction (and the architecture) every epoch.
+
+    Args:
+        log_architecture: also log the per-block table.
+        project_at_end: at the end of the last search epoch (before its checkpoint is saved),
+            if the real FLOPs exceed the budget, remove the cheapest groups until they do not
+            (:meth:`UVCClassifier.project_to_budget`; not in the original, whose iterates end
+            where the primal-dual dynamics leave them).
+    """
+    priority = 'LOW'  # before the CheckpointHook (VERY_LOW) of the same epoch
+
+    def __init__(self, log_architecture: bool = True, project_at_end: bool = True) -> None:
+        self.log_architecture = log_architecture
+        self.project_at_end = project_at_end
+
+    def after_train_epoch(self, runner) -> None:
+        model = _uvc(runner)
+        bb = model.uvc_backbone
+        bb.refresh_masks()
+        if (self.project_at_end and bb.mode == 'search'
+                and runner.epoch + 1 >= runner.max_epochs):
+            before = model.flops_fraction(hard=True)
+            n = model.project_to_budget()
+            if n:
+                runner.logger.info(
+                    f'UVC end of search: real FLOPs {before * 100:.2f} % > budget '
+                    f'{model.budget * 100:.1f} %: removed {n} more lowest-score groups -> '
+                    f'{model.flops_fraction(hard=True) * 100:.2f} %')
+        expected = model.flops_fraction(hard=False)
+        real = model.flops_fraction(hard=True)
+        runner.logger.info(
+            f'UVC epoch {runner.epoch}: FLOPs expected {expected * 100:.2f} %, real '
+            f'{real * 100:.2f} % of dense (budget {model.budget * 100:.1f} %), '
+            f'dual z {float(model.dual_flops):.4g}' + (' [warm-up]' if bb.warmup else ''))
+        if self.log_architecture:
+            runner.logger.info('UVC architecture:\n' + format_architecture(bb.arch_summary()))
+        runner.message_hub.update_info('uvc/flops_expected', expected)
+        runner.message_hub.update_info('uvc/flops_real', real)
+        runner.visualizer.add_scalars(
+            {'uvc/flops_expected': expected, 'uvc/flops_real': real,
+             'uvc/dual_flops': float(model.dual_flops)}, step=runner.epoch)
+
+
+@HOOKS.register_module()
+class UVCCompactHook(Hook):
+    """At the end of training, write the compact model and check it.
+
+    Args:
+        name: file name (without extension) in the work dir.
+        swap_model: replace ``runner.model`` by the compact model afterwards (single process
+            only), so that ``runner.test()`` evaluates it.
+        check_atol: largest allowed logit difference between the masked and the compact model
+            on random inputs (a larger one raises).
+    """
+    priority = 'LOWEST'
+
+    def __init__(self, name: str = 'uvc_compact', swap_model: bool = False,
+                 check_atol: float = 1e-4) -> None:
+        self.name = name
+        self.swap_model = swap_model
+        self.check_atol = check_atol
+        self.paths: Optional[tuple] = None
+
+    def after_train(self, runner) -> None:
+        from mmsparse.compaction.uvc import export_uvc_compact, max_output_diff
+        model = _uvc(runner)
+        prefix = osp.join(runner.work_dir, self.name)
+        if runner.rank != 0 and not self.swap_model:
+            return
+        cfg_path, ckpt_path, compact = export_uvc_compact(runner.cfg, model, prefix)
+        self.paths = (cfg_path, ckpt_path)
+        bb = model.uvc_backbone
+        size = bb.img_size
+        gen = torch.Generator().manual_seed(0)
+        images = torch.randn(4, bb.patch_embed.projection.in_channels, *size, generator=gen)
+        images = images.to(next(model.parameters()).device)
+        was_training = model.training
+        diff = max_output_diff(model, compact, images)
+        model.train(was_training)
+        runner.logger.info(f'UVC compact model written: {cfg_path}, {ckpt_path} (FLOPs '
+                           f'{model.fixed_flops_fraction() * 100:.2f} % of dense, max logit '
+                           f'difference to the masked model {diff:.2e})')
+        if diff > self.check_atol:
+            raise RuntimeError(f'UVC compaction check failed: max logit difference {diff:.3e} '
+                               f'> {self.check_atol}')
+        if self.swap_model:
+            if is_model_wrapper(runner.model):
+                raise ValueError('UVCCompactHook(swap_model=True) works in single-process runs '
+                                 'only')
+            runner.model = compact

@@ -1,0 +1,471 @@
+"""UVC models, primal-dual step, optimizers, schedules, hooks, compaction and the command lines."""
+import json
+
+import pytest
+import torch
+from mmengine.optim import OptimWrapper
+from mmengine.registry import MODELS, init_default_scope
+from mmpretrain.structures import DataSample
+
+import mmsparse  # noqa: F401
+from mmsparse.analysis import count_flops
+from mmsparse.analysis.model_parts import part_module
+from mmsparse.compaction.uvc import compact_uvc_model, max_output_diff
+from mmsparse.compat import load_checkpoint_file
+from mmsparse.engine.uvc_optim import PresetLR, UVCOptimWrapperConstructor
+from mmsparse.ops.uvc import uvc_macs
+from tests.conftest import REPO, run_tool
+
+STAGE1 = REPO / 'configs/uvc/uvc-vit-tiny-p4_stage1_fashion-mnist.py'
+STAGE2 = REPO / 'configs/uvc/uvc-vit-tiny-p4_stage2_fashion-mnist.py'
+
+# a tiny ViT: 16x16 grey images, patch 4 -> 16 patches + cls = 17 tokens, C 32, 2 heads of 16
+ARCH = dict(embed_dims=32, num_layers=3, num_heads=2, feedforward_channels=64)
+PRE = dict(type='mmpretrain.ClsDataPreprocessor', num_classes=5, mean=[0.], std=[1.],
+           to_rgb=False)
+HEAD = dict(type='mmpretrain.VisionTransformerClsHead', num_classes=5, in_channels=32)
+
+
+def uvc_cfg(**kw) -> dict:
+    backbone = dict(type='mmsparse.UVCVisionTransformer', arch=ARCH, img_size=16, patch_size=4,
+                    in_channels=1, drop_rate=0.0)
+    backbone.update(kw.pop('backbone', {}))
+    cfg = dict(type='mmsparse.UVCClassifier', _scope_='mmpretrain', budget=0.5,
+               warmup_epochs=0, backbone=backbone, head=HEAD, data_preprocessor=PRE)
+    cfg.update(kw)
+    return cfg
+
+
+def build(**kw):
+    init_default_scope('mmsparse')
+    torch.manual_seed(0)
+    return MODELS.build(uvc_cfg(**kw))
+
+
+def batch(n=4, seed=0) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    return dict(inputs=[torch.randint(0, 255, (1, 16, 16), generator=g, dtype=torch.uint8)
+                        for _ in range(n)],
+                data_samples=[DataSample().set_gt_label(i % 5) for i in range(n)])
+
+
+def optim(model, weights_lr=0.0, arch=0.1, duals=0.01, flops_dual=0.5, gates=0.1):
+    cfg = dict(weights=dict(optimizer=dict(type='AdamW', lr=weights_lr)),
+               arch=dict(optimizer=dict(type='SGD', lr=arch)),
+               duals=dict(optimizer=dict(type='SGD', lr=duals)),
+               flops_dual=dict(optimizer=dict(type='SGD', lr=flops_dual)),
+               gates=dict(optimizer=dict(type='SGD', lr=gates)))
+    return UVCOptimWrapperConstructor(cfg)(model)
+
+
+class Logits(torch.nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return self.model(x, mode='tensor')
+
+
+# ---- the model ---------------------------------------------------------------------------------
+def test_dense_resource_equals_traced_flops_and_mmpretrain_weights_load():
+    model = build()
+    dense = MODELS.build(dict(
+        type='mmpretrain.ImageClassifier', _scope_='mmpretrain', head=HEAD,
+        data_preprocessor=PRE, backbone=dict(type='mmpretrain.VisionTransformer', arch=ARCH,
+                                             img_size=16, patch_size=4, in_channels=1)))
+    x = torch.randn(2, 1, 16, 16)
+    traced = count_flops(Logits(dense), (x[:1], )).flops
+    assert model.cost.num_tokens == 17
+    assert model.cost.dense_macs == traced  # attention matmuls, norms, embed and head counted
+    # state_dict-compatible: the dense weights load; only UVC's variables are new
+    missing, unexpected = model.load_state_dict(dense.state_dict(), strict=False)
+    assert not unexpected
+    assert all(k.split('.')[-1].startswith(('arch_', 'mask_', 'dual_', 'block_gates',
+                                            'soft_l0_eps', 'gate_grad')) for k in missing)
+    model.eval()
+    dense.eval()
+    with torch.no_grad():  # nothing removed, every block runs: the dense model
+        torch.testing.assert_close(model(x, mode='tensor'), dense(x, mode='tensor'))
+
+
+def hand_step(model, scores, budget, lrs):
+    """The expected architecture and dual updates of one step, computed by hand (loops)."""
+    bb = model.backbone
+    c = model.cost
+    n, cc, hd, H = c.num_tokens, c.embed_dims, c.head_dims, c.num_heads
+    dense = c.dense_macs
+    head_s, dim_s, neuron_s = scores
+    sh, sn, r = bb.arch_heads.tolist(), bb.arch_neurons.tolist(), bb.arch_dims.tolist()
+    y_h, y_n, p, z = (model.dual_heads.tolist(), model.dual_neurons.tolist(),
+                      model.dual_dims.tolist(), model.dual_flops.item())
+    import math
+    new = dict(arch_heads=[], arch_neurons=[], arch_dims=[], dual_heads=[], dual_neurons=[],
+               dual_dims=[])
+    macs = c.fixed_macs
+    for l in range(c.num_layers):
+        kh = math.ceil(sh[l])
+        order = sorted(range(H), key=lambda h: (head_s[l][h], h))
+        kept = [h not in order[:kh] for h in range(H)]
+        hk = H - kh
+        kn = math.ceil(sn[l])
+        dv = hk * hd - sum(math.ceil(r[l][h]) for h in range(H) if kept[h])
+        macs += (c.norm_macs + n * cc * (2 * hk * hd + dv) + n * n * (hk * hd + dv)
+                 + n * dv * cc + 2 * n * cc * (c.mlp_dims - kn))
+        # least sums and their "next smallest" derivatives
+        hs = sorted(head_s[l])
+        ns = sorted(neuron_s[l])
+        ls_h, d_h = sum(hs[:kh]), hs[min(kh, H - 1)]
+        ls_n, d_n = sum(ns[:kn]), ns[min(kn, c.mlp_dims - 1)]
+        g_h = y_h[l] * d_h - z * (n * cc * 3 * hd + 2 * n * n * hd + n * hd * cc) / dense
+        g_n = y_n[l] * d_n - z * 2 * n * cc / dense
+        new['arch_heads'].append(min(max(sh[l] - lrs['arch'] * g_h, 0), H - 1))
+        new['arch_neurons'].append(min(max(sn[l] - lrs['arch'] * g_n, 0), c.mlp_dims - 1))
+        new['dual_heads'].append(max(y_h[l] + lrs['duals'] * ls_h, 0))
+        new['dual_neurons'].append(max(y_n[l] + lrs['duals'] * ls_n, 0))
+        row_r, row_p = [], []
+        for h in range(H):
+            ds = sorted(dim_s[l][h])
+            kd = math.ceil(r[l][h])
+            ls_d = sum(ds[:kd]) if kept[h] else 0.0
+            g_d = (p[l][h] * ds[min(kd, hd - 1)] - z * (2 * n * cc + n * n) / dense) \
+                if kept[h] else 0.0
+            row_r.append(min(max(r[l][h] - lrs['arch'] * g_d, 0), hd - 1))
+            row_p.append(max(p[l][h] + lrs['duals'] * ls_d, 0))
+        new['arch_dims'].append(row_r)
+        new['dual_dims'].append(row_p)
+    flops = macs / dense
+    new['dual_flops'] = [max(z + lrs['flops_dual'] * (flops - budget), 0)]
+    return new, flops
+
+
+def test_one_primal_dual_step_hand_computed():
+    model = build(backbone=dict(block_gating=None), arch_grad_clip=1e9, dual_init=0.0)
+    bb = model.backbone
+    with torch.no_grad():
+        bb.arch_heads.copy_(torch.tensor([0.5, 0.0, 1.0 - 1e-8]))
+        bb.arch_neurons.copy_(torch.tensor([3.2, 0.0, 10.0]))
+        bb.arch_dims.copy_(torch.tensor([[1.5, 0.0], [4.0, 2.2], [0.0, 3.0]]))
+        model.dual_heads.copy_(torch.tensor([0.1, 0.2, 0.3]))
+        model.dual_neurons.copy_(torch.tensor([0.05, 0.0, 0.4]))
+        model.dual_dims.copy_(torch.tensor([[0.1, 0.2], [0.3, 0.0], [0.5, 0.6]]))
+        model.dual_flops.fill_(2.0)
+    lrs = dict(arch=0.7, duals=0.05, flops_dual=0.5)
+    ow = optim(model, weights_lr=0.0, arch=lrs['arch'], duals=lrs['duals'],
+               flops_dual=lrs['flops_dual'])
+    weights = {k: v.clone() for k, v in model.state_dict().items() if 'layers' in k}
+    scores = [t.tolist() for t in bb.group_scores()]
+    expected, flops = hand_step(model, scores, 0.5, lrs)
+    model.train()
+    model.train_step(batch(), ow)
+    for name in ('arch_heads', 'arch_neurons', 'arch_dims'):
+        torch.testing.assert_close(getattr(bb, name).detach(),
+                                   torch.tensor(expected[name]), rtol=1e-5, atol=1e-6)
+    for name in ('dual_heads', 'dual_neurons', 'dual_dims', 'dual_flops'):
+        torch.testing.assert_close(getattr(model, name).detach(),
+                                   torch.tensor(expected[name]), rtol=1e-5, atol=1e-6)
+    # lr 0: AdamW leaves the weights alone and the proximal factor is 1
+    for k, v in model.state_dict().items():
+        if k in weights:
+            torch.testing.assert_close(v, weights[k])
+    # the masks follow the new architecture
+    assert bb.mask_heads.sum(-1).tolist() == [2 - int(torch.ceil(x)) for x in bb.arch_heads]
+
+
+def test_proximal_step_shrinks_removed_groups():
+    model = build(backbone=dict(block_gating=None))
+    bb = model.backbone
+    with torch.no_grad():
+        bb.arch_heads.fill_(1.0)
+        bb.arch_dims.fill_(2.0)
+        bb.arch_neurons.fill_(5.0)
+        model.dual_heads.fill_(1.0)
+        model.dual_dims.fill_(2.0)
+        model.dual_neurons.fill_(3.0)
+    masks = bb.compute_masks()
+    proj = [layer.attn.proj.weight.detach().clone() for layer in bb.layers]
+    fc2 = [layer.ffn.layers[1].weight.detach().clone() for layer in bb.layers]
+    lr = 0.01
+    model._prox_step(masks, lr)
+    for i, layer in enumerate(bb.layers):
+        head_f = torch.where(masks.heads[i], 1.0, 1 / (1 + 2 * lr * 1.0))  # (H,)
+        dim_f = torch.where(~masks.dims[i] & masks.heads[i, :, None], 1 / (1 + 2 * lr * 2.0),
+                            1.0)  # (H, hd)
+        col = (head_f[:, None] * dim_f).flatten()
+        torch.testing.assert_close(layer.attn.proj.weight.detach(), proj[i] * col)
+        neuron_f = torch.where(masks.neurons[i], 1.0, 1 / (1 + 2 * lr * 3.0))
+        torch.testing.assert_close(layer.ffn.layers[1].weight.detach(), fc2[i] * neuron_f)
+
+
+def test_duals_stay_nonnegative_and_warmup_freezes_the_search():
+    model = build(backbone=dict(block_gating='soft_l0'), budget=0.9, dual_init=0.0)
+    with torch.no_grad():
+        model.dual_flops.fill_(0.01)
+    ow = optim(model, flops_dual=10.0)
+    model.train()
+    model.train_step(batch(), ow)  # FLOPs 1.0 > 0.9: z grows
+    assert model.dual_flops.item() > 0.01
+    with torch.no_grad():  # far under the budget: z would go negative
+        model.backbone.arch_neurons.fill_(60.0)
+        model.backbone.arch_heads.fill_(0.9)
+    for _ in range(3):
+        model.train_step(batch(), ow)
+        for p in (model.dual_heads, model.dual_neurons, model.dual_dims, model.dual_flops):
+            assert (p >= 0).all()
+    assert model.dual_flops.item() == 0.0
+
+    warm = build(warmup_epochs=2)
+    ow = optim(warm)
+    state = {k: v.clone() for k, v in warm.state_dict().items()
+             if k.startswith(('dual_', 'backbone.arch_', 'backbone.block_gates'))}
+    warm.train()
+    log = warm.train_step(batch(), ow)  # epoch 0 (no runner): warm-up
+    assert log['warmup'] == 1.0
+    for k, v in state.items():
+        torch.testing.assert_close(warm.state_dict()[k], v)
+
+
+def test_block_gates_accumulate_over_the_interval():
+    model = build(backbone=dict(block_gating='soft_l0'), gating_interval=2)
+    ow = optim(model, gates=1.0)
+    gates = model.backbone.block_gates.detach().clone()
+    model.train()
+    model.train_step(batch(), ow)
+    assert torch.equal(model.backbone.block_gates.detach(), gates)
+    assert int(model.gate_grad_count) == 1 and model.gate_grad_sum.abs().sum() > 0
+    model.train_step(batch(seed=1), ow)
+    assert not torch.equal(model.backbone.block_gates.detach(), gates)
+    assert int(model.gate_grad_count) == 0 and model.gate_grad_sum.abs().sum() == 0
+
+
+# ---- optimizers and the dual lr schedule ------------------------------------------------------
+def test_optim_wrapper_dict_partitions_the_parameters():
+    model = build(backbone=dict(patch_gating=True))
+    ow = optim(model)
+    assert set(ow.keys()) == {'weights', 'arch', 'gates', 'duals', 'flops_dual'}
+    seen = {}
+    for key, wrapper in ow.items():
+        for group in wrapper.optimizer.param_groups:
+            for p in group['params']:
+                assert id(p) not in seen, f'{key} and {seen.get(id(p))} share a parameter'
+                seen[id(p)] = key
+    names = {id(p): n for n, p in model.named_parameters()}
+    owner = {names[i]: k for i, k in seen.items()}
+    assert owner['backbone.block_gates'] == 'gates'
+    assert owner['backbone.patch_gates'] == 'weights'  # the original trains it with the weights
+    assert owner['backbone.arch_dims'] == 'arch' and owner['dual_flops'] == 'flops_dual'
+    assert owner['dual_dims'] == 'duals'
+    assert set(owner) == {n for n, p in model.named_parameters()
+                          if p.requires_grad or n.split('.')[-1].startswith(('arch_', 'dual_'))}
+    with pytest.raises(ValueError, match='UVCClassifier'):
+        UVCOptimWrapperConstructor(dict(weights=dict(optimizer=dict(type='SGD', lr=1.))))(
+            torch.nn.Linear(2, 2))
+    with pytest.raises(ValueError, match="'weights'"):
+        UVCOptimWrapperConstructor(dict(optimizer=dict(type='SGD', lr=1.)))
+
+
+def test_preset_lr_really_changes_the_dual_step_size():
+    """The original's zlr schedule edits a key its optimizer never reads; here it applies."""
+    p = torch.nn.Parameter(torch.zeros(1))
+    wrapper = OptimWrapper(torch.optim.SGD([p], lr=1.0))
+    sched = PresetLR(wrapper, milestones=[0, 2, 4], values=[1.0, 5.0, 9.0], by_epoch=True)
+    lrs = []
+    for _ in range(6):
+        lrs.append(wrapper.optimizer.param_groups[0]['lr'])
+        wrapper.step()
+        sched.step()
+    assert lrs == [1.0, 1.0, 5.0, 5.0, 9.0, 9.0]
+    with pytest.raises(ValueError, match='milestones'):
+        PresetLR(wrapper, milestones=[2, 1], values=[1.0, 2.0])
+
+
+# ---- compaction --------------------------------------------------------------------------------
+def random_architecture(model, seed=0):
+    bb = model.backbone
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        bb.arch_heads.copy_(torch.tensor([1.0, 0.3, 0.0]))
+        bb.arch_neurons.copy_(torch.randint(0, 60, (3, ), generator=g).float() + 0.5)
+        bb.arch_dims.copy_(torch.rand(3, 2, generator=g) * 14)
+        bb.arch_dims[2, 0] = 3.0  # heads of equal and of different value dims
+        bb.arch_dims[2, 1] = 3.0
+        bb.block_gates.copy_(torch.tensor([[-1.0, 1.0], [1.0, -1.0], [-1.0, 1.0]]))  # skip 1
+        for layer in bb.layers:  # non-trivial weights
+            for p in layer.parameters():
+                p.add_(torch.randn(p.shape, generator=g) * 0.05)
+    bb.refresh_masks()
+
+
+def test_compaction_equals_masked_model_and_its_flops_equal_the_resource():
+    model = build(backbone=dict(block_gating='gumbel'))
+    random_architecture(model)
+    model.eval()
+    compact, cfg = compact_uvc_model(model, uvc_cfg(backbone=dict(block_gating='gumbel')))
+    layers = cfg['backbone']['layers']
+    assert len(layers) == 2  # block 1 skipped
+    assert layers[0]['v_dims'] and len(layers[0]['v_dims']) == 1  # a head removed
+    assert layers[1]['v_dims'] == [13, 13]  # 16 - 3 each, one attention call
+    x = torch.randn(6, 1, 16, 16)
+    assert max_output_diff(model, compact, x) <= 1e-5
+    # FLOPs: traced MACs of the compact model == the resource function of the hard architecture
+    traced = count_flops(part_module(compact, 'model', x[:1]), (x[:1], )).flops
+    bb = model.backbone
+    masks = bb.compute_masks()
+    hard = uvc_macs(model.cost, bb.arch_heads, bb.arch_neurons, bb.arch_dims, masks.heads,
+                    bb.block_keep_hard().float())
+    assert traced == int(hard.item())
+    assert traced / model.cost.dense_macs == pytest.approx(model.flops_fraction(hard=True),
+                                                           abs=1e-12)
+    # a fixed-architecture (stage 2) model from the same state dict computes the same
+    fixed = build(backbone=dict(block_gating='gumbel', mode='fixed'))
+    fixed.load_state_dict(model.state_dict())
+    fixed.train()  # fixed mode applies the stored masks in training too (no dropout here)
+    with torch.no_grad():
+        torch.testing.assert_close(fixed(x, mode='tensor'), compact(x, mode='tensor'),
+                                   atol=1e-5, rtol=0)
+    assert fixed.flops_fraction() == pytest.approx(model.flops_fraction(hard=True), abs=1e-12)
+
+
+# ---- bad input ---------------------------------------------------------------------------------
+@pytest.mark.parametrize('kw, match', [
+    (dict(budget=0.0), 'model.budget must be a FLOPs fraction in \\(0, 1\\)'),
+    (dict(budget=1.0), 'model.budget'),
+    (dict(budget=-0.2), 'model.budget'),
+    (dict(budget=0.01, backbone=dict(block_gating=None)), 'below what the structure can reach'),
+    (dict(backbone=dict(block_gating='soft_l0', gumbel_hard=True)), 'gumbel_hard=True contra'),
+    (dict(backbone=dict(mode='fixed', patch_gating=True)), 'patch_gating=True contradicts'),
+    (dict(backbone=dict(block_gating=None, warmup_block_keep=0.5)), 'contradicts block_gating'),
+    (dict(backbone=dict(block_gating='l0')), 'block_gating must be'),
+    (dict(backbone=dict(mode='stage1')), "backbone.mode must be 'search'"),
+    (dict(backbone=dict(out_type='avg_featmap')), 'out_type'),
+    (dict(arch_precondition='newton'), 'arch_precondition'),
+    (dict(gating_interval=0), 'gating_interval'),
+])
+def test_bad_input_fails_at_build_time(kw, match):
+    with pytest.raises(ValueError, match=match):
+        build(**kw)
+
+
+def test_stage1_needs_the_uvc_optimizers_and_stage2_a_plain_one():
+    model = build()
+    plain = OptimWrapper(torch.optim.SGD(model.parameters(), lr=0.1))
+    with pytest.raises(ValueError, match='UVCOptimWrapperConstructor'):
+        model.train_step(batch(), plain)
+    fixed = build(backbone=dict(mode='fixed'))
+    with pytest.raises(ValueError, match='one optimizer'):
+        fixed.train_step(batch(), optim(model))
+    with pytest.raises(ValueError, match="stage 1"):
+        optim(fixed)
+    log = fixed.train_step(batch(), OptimWrapper(torch.optim.SGD(
+        [p for p in fixed.parameters() if p.requires_grad], lr=0.1)))
+    assert 'loss_distill' in log
+
+
+# ---- the command lines: train, resume, stage 2, compaction, test -------------------------------
+SMALL = """
+_base_ = ['{base}']
+load_from = None
+train_dataloader = dict(batch_size=32, num_workers=0, persistent_workers=False,
+                        dataset=dict(indices=128, pipeline=[dict(type='PackInputs')]))
+val_dataloader = dict(batch_size=64, num_workers=0, persistent_workers=False,
+                      dataset=dict(indices=64))
+test_dataloader = val_dataloader
+default_hooks = dict(logger=dict(interval=1), checkpoint=dict(interval=1, max_keep_ckpts=-1))
+"""
+STAGE1_SMALL = SMALL + """
+max_epochs = 2
+model = dict(warmup_epochs=1, gating_interval=3, backbone=dict(block_gating='soft_l0'))
+optim_wrapper = dict(arch=dict(optimizer=dict(lr=0.05)))
+param_scheduler = dict(
+    weights=[dict(type='CosineAnnealingLR', eta_min=1e-5, by_epoch=True, begin=0, end=2,
+                  convert_to_iter_based=True)],
+    flops_dual=[dict(type='PresetLR', by_epoch=True, milestones=[0, 1], values=[0.5, 2.0],
+                     end=2)])
+train_cfg = dict(max_epochs=max_epochs, val_interval=1)
+# no end-of-search projection: the interrupted run's last epoch would get it, the full run's not
+custom_hooks = [dict(type='UVCHook', project_at_end=False)]
+"""
+STAGE2_SMALL = SMALL + """
+model = dict(backbone=dict(block_gating='soft_l0'))
+train_cfg = dict(max_epochs=1, val_interval=1)
+"""
+UVC_KEYS = ('dual_', 'gate_grad', 'backbone.arch_', 'backbone.block_gates', 'backbone.mask_',
+            'backbone.soft_l0_eps')
+
+
+def _ok(proc):
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+@pytest.fixture(scope='module')
+def stage1_runs(tmp_path_factory, data_root):
+    tmp = tmp_path_factory.mktemp('uvc')
+    cfg1 = tmp / 'stage1.py'
+    cfg1.write_text(STAGE1_SMALL.format(base=STAGE1))
+    cfg2 = tmp / 'stage2.py'
+    cfg2.write_text(STAGE2_SMALL.format(base=STAGE2))
+    full, cut = tmp / 'full', tmp / 'cut'
+    out_full = _ok(run_tool('tools/train.py', cfg1, '--work-dir', full))
+    _ok(run_tool('tools/train.py', cfg1, '--work-dir', cut, '--cfg-options',
+                 'train_cfg.max_epochs=1'))
+    out_cut = _ok(run_tool('tools/train.py', cfg1, '--work-dir', cut, '--resume'))
+    return dict(tmp=tmp, cfg1=cfg1, cfg2=cfg2, full=full, cut=cut,
+                log_full=out_full.stdout + out_full.stderr,
+                log_cut=out_cut.stdout + out_cut.stderr)
+
+
+def test_stage1_logs_expected_and_real_flops_every_epoch(stage1_runs):
+    log = stage1_runs['log_full']
+    for epoch in (0, 1):
+        assert f'UVC epoch {epoch}: FLOPs expected' in log
+    assert 'real' in log and 'flops_expected' in log and 'flops_real' in log
+    ckpt = load_checkpoint_file(str(stage1_runs['full'] / 'epoch_2.pth'), map_location='cpu')
+    sd = ckpt['state_dict']
+    assert any(k.startswith('teacher.') for k in sd)  # the dense teacher travels along
+    assert float(sd['backbone.arch_neurons'].abs().sum()) > 0  # the search ran in epoch 2
+    # the budget dual's lr follows the preset schedule (the original's no-op schedule fixed)
+    assert ckpt['optimizer']['flops_dual']['param_groups'][0]['lr'] == 2.0
+
+
+def test_resume_restores_every_architecture_and_dual_variable(stage1_runs):
+    assert 'resumed epoch: 1' in stage1_runs['log_cut']
+    a = load_checkpoint_file(str(stage1_runs['full'] / 'epoch_2.pth'), map_location='cpu')
+    b = load_checkpoint_file(str(stage1_runs['cut'] / 'epoch_2.pth'), map_location='cpu')
+    sa, sb = a['state_dict'], b['state_dict']
+    assert sa.keys() == sb.keys()
+    uvc = [k for k in sa if k.startswith(UVC_KEYS)]
+    assert len(uvc) == 15
+    for k in sa:
+        torch.testing.assert_close(sa[k], sb[k], rtol=0, atol=1e-6, msg=k)
+    assert a['optimizer'].keys() == b['optimizer'].keys() == {
+        'weights', 'arch', 'gates', 'duals', 'flops_dual'}
+    assert b['optimizer']['flops_dual']['param_groups'][0]['lr'] == 2.0
+
+
+def test_stage2_compaction_test_and_compact_tool(stage1_runs):
+    tmp = stage1_runs['tmp']
+    s2 = tmp / 's2'
+    proc = _ok(run_tool('tools/train.py', stage1_runs['cfg2'], '--work-dir', s2, '--cfg-options',
+                        f"load_from={stage1_runs['full'] / 'epoch_2.pth'}"))
+    log = proc.stdout + proc.stderr
+    assert 'UVC compact model written' in log
+    compact_cfg, compact_ckpt = s2 / 'uvc_compact.py', s2 / 'uvc_compact.pth'
+    assert compact_cfg.is_file() and compact_ckpt.is_file()
+    # the compact model runs as a normal classifier
+    out = tmp / 'metrics.json'
+    _ok(run_tool('tools/test.py', compact_cfg, compact_ckpt, '--work-dir', tmp / 't',
+                 '--out', out))
+    assert 0.0 <= json.loads(out.read_text())['accuracy/top1'] <= 100.0
+    # tools/compact.py --method uvc: outputs to 1e-5, measured FLOPs == the real fraction
+    _ok(run_tool('tools/compact.py', stage1_runs['cfg2'], s2 / 'epoch_1.pth', '--out',
+                 tmp / 'c', '--method', 'uvc', '--atol', '1e-5'))
+    report = json.loads((tmp / 'c' / 'stage2_uvc.json').read_text())
+    assert report['max_abs_diff'] <= 1e-5
+    assert report['measured_flops_fraction'] == pytest.approx(report['real_flops_fraction'],
+                                                              abs=1e-12)
+    assert report['real_flops_fraction'] < 1.0
+    # a stage-1 config cannot be compacted with patch gating, and a non-UVC model is refused
+    proc = run_tool('tools/uvc_compact.py', REPO / 'configs/vit/vit-tiny-p4_fashion-mnist.py',
+                    s2 / 'epoch_1.pth', '--out', tmp / 'x')
+    assert proc.returncode == 2 and 'UVCClassifier' in proc.stderr
