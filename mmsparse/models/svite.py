@@ -3,9 +3,9 @@
 :class:`SViTEVisionTransformer` is a :class:`~mmsparse.models.compact_vit.CompactVisionTransformer`
 (per-layer sizes; by default the dense arch, state_dict-compatible with mmpretrain's
 ``VisionTransformer`` so model-zoo checkpoints load) whose attention layers can record
-per-head first-order Taylor scores for :class:`~mmsparse.engine.svite_hooks.StructuredSparseTrainingHook`,
-and which optionally owns a :class:`TokenSelector` (the only new keys:
-``token_selector.score.weight/bias``).
+per-head first-order Taylor scores for
+:class:`~mmsparse.engine.svite_hooks.StructuredSparseTrainingHook`, and which optionally owns a
+:class:`TokenSelector` (the only new keys: ``token_selector.score.weight/bias``).
 
 Token selector (SViTE+), once, after the patch + position embedding and before block 0:
 
