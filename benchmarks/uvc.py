@@ -68,7 +68,7 @@ def deit_part(args) -> dict:
         arch=dict(optimizer=dict(type='SGD', lr=args.deit_arch_lr)),
         gates=dict(optimizer=dict(type='SGD', lr=0.1, momentum=0.9, weight_decay=1e-4)),
         duals=dict(optimizer=dict(type='SGD', lr=1e-4)),
-        flops_dual=dict(optimizer=dict(type='SGD', lr=0.1))))(model)
+        flops_dual=dict(optimizer=dict(type='SGD', lr=args.deit_zlr))))(model)
     g = torch.Generator().manual_seed(0)
     model.train()
     trace = []
@@ -86,7 +86,7 @@ def deit_part(args) -> dict:
             log(f'DeiT-S search step {step + 1}: FLOPs expected {out["flops_expected"]:.4f}, '
                 f'real {out["flops_real"]:.4f} ({time.time() - t0:.0f} s)')
     real_end = model.flops_fraction(hard=True)
-    projected = model.project_to_budget()
+    projected = model.project_to_budget(multiple=args.round_to)
     real_final = model.flops_fraction(hard=True)
     log(f'DeiT-S search done: real FLOPs {real_end:.4f} at the last step; end-of-search '
         f'projection removed {projected} groups -> {real_final:.4f}')
@@ -116,7 +116,8 @@ def deit_part(args) -> dict:
     return dict(rows=rows, table=table, search_trace=trace, real_flops_end_of_search=real_end,
                 projected_groups=projected, real_flops_final=real_final, max_logit_diff=diff,
                 architecture=arch, compact_layers=ccfg['backbone']['layers'],
-                steps=args.deit_steps, batch=args.deit_batch)
+                steps=args.deit_steps, batch=args.deit_batch, round_to=args.round_to,
+                zlr=args.deit_zlr)
 
 
 # ---- Fashion-MNIST: accuracy -------------------------------------------------------------------
@@ -271,6 +272,11 @@ def main(argv=None) -> int:
     parser.add_argument('--deit-steps', type=int, default=60)
     parser.add_argument('--deit-batch', type=int, default=4)
     parser.add_argument('--deit-arch-lr', type=float, default=1e-3)
+    parser.add_argument('--deit-zlr', type=float, default=1.0,
+                        help='step size of the budget dual in the DeiT-S search')
+    parser.add_argument('--round-to', type=int, default=8,
+                        help='end of the DeiT-S search: kept neurons / value dims rounded down '
+                             'to multiples of this (UVCHook round_to)')
     parser.add_argument('--runs', type=int, default=20, help='timed runs (batch 1)')
     parser.add_argument('--runs-bs32', type=int, default=8, help='timed runs, DeiT-S batch 32')
     parser.add_argument('--warmup', type=int, default=3)
@@ -300,7 +306,8 @@ def main(argv=None) -> int:
                f"Architecture from {d['steps']} UVC stage-1 steps (batch {d['batch']}) on "
                f"synthetic images from a random initialisation (no ImageNet here). Real FLOPs "
                f"at the end of the search: {d['real_flops_end_of_search']:.4f}; end-of-search "
-               f"projection removed {d['projected_groups']} groups -> "
+               f"projection (and rounding of kept sizes to multiples of {d['round_to']}) "
+               f"removed {d['projected_groups']} groups -> "
                f"{d['real_flops_final']:.4f} (budget 0.5). Compact vs masked model: max logit "
                f"difference {d['max_logit_diff']:.2e}.", '', d['table'], '']
     if 'fashion' in results:

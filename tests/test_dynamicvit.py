@@ -343,9 +343,8 @@ _base_ = ['{cfg}']
 load_from = '{dense}'
 train_dataloader = dict(batch_size=32, num_workers=0, persistent_workers=False,
                         dataset=dict(indices=64, pipeline=[dict(type='PackInputs')]))
-val_dataloader = dict(batch_size=64, num_workers=0, persistent_workers=False,
-                      dataset=dict(indices=64))
-test_dataloader = val_dataloader
+test_dataloader = dict(batch_size=64, num_workers=0, persistent_workers=False,
+                       dataset=dict(indices=64))
 max_epochs = 2
 train_cfg = dict(max_epochs=max_epochs)
 param_scheduler = [dict(type='CosineAnnealingLR', eta_min=1e-5, by_epoch=True, begin=0,

@@ -238,6 +238,19 @@ def test_block_gates_accumulate_over_the_interval():
     assert int(model.gate_grad_count) == 0 and model.gate_grad_sum.abs().sum() == 0
 
 
+def test_end_of_search_projection_meets_the_budget_and_rounds():
+    model = build(backbone=dict(block_gating=None), budget=0.45)
+    with torch.no_grad():
+        model.backbone.arch_neurons.fill_(10.0)
+    assert model.flops_fraction(hard=True) > 0.45
+    removed = model.project_to_budget(multiple=8)
+    assert removed > 0 and model.flops_fraction(hard=True) <= 0.45
+    kept = model.backbone.mask_neurons.sum(-1)
+    assert all(int(k) % 8 == 0 or k <= 8 for k in kept)
+    v = model.backbone.mask_dims.sum(-1)[model.backbone.mask_heads.bool()]
+    assert all(int(d) % 8 == 0 or d <= 8 for d in v)
+
+
 # ---- optimizers and the dual lr schedule ------------------------------------------------------
 def test_optim_wrapper_dict_partitions_the_parameters():
     model = build(backbone=dict(patch_gating=True))

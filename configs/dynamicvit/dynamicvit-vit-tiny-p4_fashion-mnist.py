@@ -20,26 +20,30 @@ model = dict(
 )
 
 # A short fine-tuning: one pass over 19,200 of the 60k training images (150 iterations of 128),
-# ~2 min on 2 CPU cores (the teacher adds a forward pass per step).
+# ~2 min on 2 CPU cores (the teacher adds a forward pass per step). No validation during training
+# (make demo tests the model once at the end).
 train_dataloader = dict(batch_size=128, dataset=dict(indices=19200))
 max_epochs = 1
 train_cfg = dict(by_epoch=True, max_epochs=max_epochs, val_interval=1)
+val_dataloader = None
+val_cfg = None
+val_evaluator = None
 
-# Predictors at the full lr, backbone at 0.1x (original: 0.01x over 30 epochs of ImageNet; the
-# demo's schedule is ~50x shorter) and frozen for the first 30 iterations (original: 5 epochs).
+# The original trains the predictors at the full lr and the backbone at 0.01x, with the backbone
+# frozen for its first 5 of 30 epochs. This schedule is ~250x shorter: it is all frozen phase, i.e.
+# the predictors learn on the dense model (freeze_backbone=1 epoch), at a constant lr of 1e-2 after
+# a 10-iteration warm-up (a decaying or lower lr leaves the predictors' ranking no better than
+# random in 150 steps; backbone updates this short mostly adapt it to the near-random masks of the
+# untrained predictors).
 optim_wrapper = dict(
-    optimizer=dict(type='AdamW', lr=1e-3, weight_decay=0.05),
+    optimizer=dict(type='AdamW', lr=1e-2, weight_decay=0.05),
     paramwise_cfg=dict(norm_decay_mult=0.0, bias_decay_mult=0.0, flat_decay_mult=0.0),
 )
-param_scheduler = [
-    dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=15),
-    dict(type='CosineAnnealingLR', eta_min=1e-5, by_epoch=True, begin=0, end=max_epochs,
-         convert_to_iter_based=True),
-]
+param_scheduler = [dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=10)]
 auto_scale_lr = dict(base_batch_size=128)
 custom_hooks = [
-    dict(type='mmsparse.DynamicViTOptimHook', backbone_lr_scale=0.1, freeze_backbone=30,
-         by_epoch=False),
+    dict(type='mmsparse.DynamicViTOptimHook', backbone_lr_scale=0.01, freeze_backbone=1,
+         by_epoch=True),
     dict(type='mmsparse.RNGStateHook'),
 ]
-default_hooks = dict(logger=dict(interval=25))
+default_hooks = dict(logger=dict(interval=25), checkpoint=dict(save_best=None))

@@ -49,12 +49,19 @@ class UVCHook(Hook):
             if the real FLOPs exceed the budget, remove the cheapest groups until they do not
             (:meth:`UVCClassifier.project_to_budget`; not in the original, whose iterates end
             where the primal-dual dynamics leave them).
+        round_to: with ``project_at_end``, also round kept neurons and value dims down to a
+            multiple of this (1: off; 8 gives GEMM-friendly sizes, see
+            :meth:`UVCClassifier.project_to_budget`).
     """
     priority = 'LOW'  # before the CheckpointHook (VERY_LOW) of the same epoch
 
-    def __init__(self, log_architecture: bool = True, project_at_end: bool = True) -> None:
+    def __init__(self, log_architecture: bool = True, project_at_end: bool = True,
+                 round_to: int = 1) -> None:
+        if not (isinstance(round_to, int) and round_to >= 1):
+            raise ValueError(f'UVCHook.round_to must be an int >= 1, got {round_to!r}')
         self.log_architecture = log_architecture
         self.project_at_end = project_at_end
+        self.round_to = round_to
 
     def after_train_epoch(self, runner) -> None:
         model = _uvc(runner)
@@ -63,12 +70,14 @@ class UVCHook(Hook):
         if (self.project_at_end and bb.mode == 'search'
                 and runner.epoch + 1 >= runner.max_epochs):
             before = model.flops_fraction(hard=True)
-            n = model.project_to_budget()
+            n = model.project_to_budget(self.round_to)
             if n:
                 runner.logger.info(
-                    f'UVC end of search: real FLOPs {before * 100:.2f} % > budget '
-                    f'{model.budget * 100:.1f} %: removed {n} more lowest-score groups -> '
-                    f'{model.flops_fraction(hard=True) * 100:.2f} %')
+                    f'UVC end of search: real FLOPs {before * 100:.2f} % (budget '
+                    f'{model.budget * 100:.1f} %): removed {n} more lowest-score groups'
+                    + (f' (kept sizes rounded to multiples of {self.round_to})'
+                       if self.round_to > 1 else '')
+                    + f' -> {model.flops_fraction(hard=True) * 100:.2f} %')
         expected = model.flops_fraction(hard=False)
         real = model.flops_fraction(hard=True)
         runner.logger.info(

@@ -144,6 +144,10 @@ class UVCVisionTransformer(VisionTransformer):
         patch_gating_init: initial ``patch_gates`` value (original 3: sigmoid 0.953).
         eval_masked: in search mode, evaluate the hard architecture (masks and block decisions);
             False: unmasked weights and blocks weighted by their keep probability.
+        train_masked: in search mode, the training forward applies the current masks (those
+            of the last step) with the soft block gates, so the weights train on the
+            architecture being searched. Default False: the original trains the unmasked model
+            and relies on the proximal shrinkage to fade the removed groups out.
         **kwargs: the other ``VisionTransformer`` arguments. ``out_type`` must be 'cls_token',
             ``layer_scale_init_value`` 0 and ``pre_norm`` False (DeiT's layout).
     """
@@ -152,14 +156,15 @@ class UVCVisionTransformer(VisionTransformer):
     # arguments of this class that a dense VisionTransformer does not take
     UVC_KEYS = ('mode', 'block_gating', 'gumbel_tau', 'gumbel_hard', 'gate_init', 'soft_l0_eps',
                 'soft_l0_eps_decay', 'warmup_block_keep', 'patch_gating', 'patch_gating_init',
-                'eval_masked')
+                'eval_masked', 'train_masked')
 
     def __init__(self, arch: Union[str, dict] = 'deit-small', mode: str = 'search',
                  block_gating: Optional[str] = 'gumbel', gumbel_tau: float = 0.5,
                  gumbel_hard: bool = False, gate_init: Tuple[float, float] = (-1.0, 1.0),
                  soft_l0_eps: float = 0.1, soft_l0_eps_decay: float = 0.92,
                  warmup_block_keep: float = 1.0, patch_gating: bool = False,
-                 patch_gating_init: float = 3.0, eval_masked: bool = True, **kwargs) -> None:
+                 patch_gating_init: float = 3.0, eval_masked: bool = True,
+                 train_masked: bool = False, **kwargs) -> None:
         self._check_args(mode, block_gating, gumbel_tau, gumbel_hard, gate_init, soft_l0_eps,
                          soft_l0_eps_decay, warmup_block_keep, patch_gating, kwargs)
         super().__init__(arch=arch, **kwargs)
@@ -174,6 +179,7 @@ class UVCVisionTransformer(VisionTransformer):
         self.soft_l0_eps_decay = float(soft_l0_eps_decay)
         self.warmup_block_keep = float(warmup_block_keep)
         self.eval_masked = bool(eval_masked)
+        self.train_masked = bool(train_masked)
         self.num_heads = self.arch_settings['num_heads']
         self.mlp_dims = self.arch_settings['feedforward_channels']
         if self.embed_dims % self.num_heads:
@@ -385,11 +391,10 @@ class UVCVisionTransformer(VisionTransformer):
                     x = layer(x, v_masks[i], n_masks[i])
         else:
             weights = self._soft_block_weights()
+            masked = self.training and self.train_masked
             for i, layer in enumerate(self.layers):
-                if weights is None:
-                    x = layer(x)
-                else:
-                    x = weights[i] * layer(x) + (1 - weights[i]) * x
+                out = layer(x, self.mask_dims[i], self.mask_neurons[i]) if masked else layer(x)
+                x = out if weights is None else weights[i] * out + (1 - weights[i]) * x
         if self.final_norm:
             x = self.ln1(x)
         return (x[:, 0], )
@@ -745,7 +750,7 @@ class UVCClassifier(ImageClassifier):
                                             dims_removed, bb.mask_heads, keep, ceil=False))
 
     @torch.no_grad()
-    def project_to_budget(self) -> int:
+    def project_to_budget(self, multiple: int = 1) -> int:
         """Make the hard architecture meet the budget by removing the cheapest groups.
 
         The primal-dual iterates meet the constraint only on average; at the end of stage 1 the
@@ -754,6 +759,12 @@ class UVCClassifier(ImageClassifier):
         block) with the lowest relative score (its score over the mean score of its kind in
         its block) per MAC saved, by raising its architecture variable to the next integer.
         Blocks the gates skip are left out.
+
+        Args:
+            multiple: then round every running block's kept neurons and every kept head's value
+                dims down to a multiple of this (removing the lowest-score extra groups; only
+                where at least ``multiple`` remain), which lowers the FLOPs further and keeps
+                the compact model's matrix sizes friendly to GEMM kernels (e.g. 8).
 
         Returns:
             How many groups were removed.
@@ -800,6 +811,17 @@ class UVCClassifier(ImageClassifier):
             p = getattr(bb, name).view(-1)
             p[idx] = torch.ceil(p[idx]) + 1
             removed += 1
+        if multiple > 1:
+            runs = bb.block_keep_hard()
+            masks = bb.compute_masks()
+            for name, kept, keep in (
+                    ('arch_neurons', bb.mlp_dims - torch.ceil(bb.arch_neurons), runs),
+                    ('arch_dims', hd - torch.ceil(bb.arch_dims), masks.heads & runs[:, None])):
+                extra = torch.where(keep & (kept > multiple), kept % multiple,
+                                    torch.zeros_like(kept))
+                p = getattr(bb, name)
+                p.copy_(torch.ceil(p) + extra)
+                removed += int(extra.sum())
         bb.refresh_masks()
         return removed
 
