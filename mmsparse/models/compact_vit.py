@@ -15,11 +15,9 @@ those of mmpretrain's ``VisionTransformer`` (``layers.N.attn.qkv.weight``,
 - :class:`CompactVisionTransformer`: per-layer ``num_heads`` / ``head_dims`` / ``mlp_dims`` and
   ``skip_layers`` (whole blocks replaced by the identity).
 """
-import inspect
 from typing import List, Optional, Sequence, Tuple, Union
 
 import numpy as np
-import torch
 import torch.nn.functional as F
 from mmcv.cnn.bricks.drop import build_dropout
 from mmcv.cnn.bricks.transformer import FFN
@@ -31,6 +29,7 @@ from torch import Tensor, nn
 from mmsparse.ops.dst import head_taylor_scores
 from mmsparse.ops.tokens import softmax_with_policy
 from mmsparse.registry import MODELS
+from ._vit_utils import vit_layer_cfgs
 
 __all__ = ['CompactAttention', 'CompactEncoderLayer', 'CompactVisionTransformer']
 
@@ -233,29 +232,13 @@ class CompactVisionTransformer(VisionTransformer):
 
     def _layer_cfgs(self, kwargs: dict) -> List[dict]:
         """The per-layer arguments, as ``VisionTransformer.__init__`` builds them."""
-        defaults = inspect.signature(VisionTransformer.__init__).parameters
-
-        def arg(name):
-            return kwargs.get(name, defaults[name].default)
-
-        dpr = np.linspace(0, arg('drop_path_rate'), self.num_layers)
-        layer_cfgs = arg('layer_cfgs')
-        if isinstance(layer_cfgs, dict):
-            layer_cfgs = [layer_cfgs] * self.num_layers
-        cfgs = []
-        for i in range(self.num_layers):
-            cfg = dict(embed_dims=self.embed_dims, num_heads=self.layer_num_heads[i],
-                       head_dims=self.layer_head_dims[i],
-                       feedforward_channels=self.layer_mlp_dims[i],
-                       layer_scale_init_value=arg('layer_scale_init_value'),
-                       drop_rate=arg('drop_rate'), drop_path_rate=float(dpr[i]),
-                       qkv_bias=arg('qkv_bias'), norm_cfg=arg('norm_cfg'))
-            extra = dict(layer_cfgs[i])
-            if extra.pop('ffn_type', 'origin') != 'origin':
+        cfgs = vit_layer_cfgs(self, kwargs, num_heads=self.layer_num_heads,
+                              head_dims=self.layer_head_dims,
+                              feedforward_channels=self.layer_mlp_dims)
+        for cfg in cfgs:
+            if cfg.pop('ffn_type', 'origin') != 'origin':
                 raise ValueError("layer_cfgs: CompactVisionTransformer supports ffn_type='origin' "
                                  "only")
-            cfg.update(extra)
-            cfgs.append(cfg)
         return cfgs
 
     def attention_layers(self) -> List[Optional[CompactAttention]]:

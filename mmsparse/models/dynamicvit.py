@@ -18,19 +18,16 @@ checkpoints load unchanged; the predictors ``backbone.predictors.<k>.*`` are the
   MSE on the tokens the student keeps), each logged by name.
 """
 import copy
-import inspect
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from mmengine.logging import print_log
 from mmengine.model import BaseModule, ModuleList
 from mmengine.model.weight_init import trunc_normal_
 from mmpretrain.models.backbones.vision_transformer import (TransformerEncoderLayer,
                                                             VisionTransformer)
 from mmpretrain.models.classifiers import ImageClassifier
-from mmpretrain.models.utils import MultiheadAttention, resize_pos_embed
+from mmpretrain.models.utils import MultiheadAttention
 from torch import Tensor, nn
 
 from mmsparse.ops.tokens import (batch_index_select, cumulative_keep_ratios, gumbel_keep_decision,
@@ -38,6 +35,8 @@ from mmsparse.ops.tokens import (batch_index_select, cumulative_keep_ratios, gum
                                  policy_weighted_mean, random_keep_decision, select_topk_tokens,
                                  softmax_with_policy)
 from mmsparse.registry import MODELS
+from ._vit_utils import vit_layer_cfgs, vit_tokens
+from .teacher import FrozenTeacherMixin
 
 __all__ = ['PolicyAttention', 'DynamicEncoderLayer', 'DynamicViTPredictor',
            'DynamicVisionTransformer', 'DynamicViTClassifier']
@@ -221,7 +220,8 @@ class DynamicVisionTransformer(VisionTransformer):
 
         # the encoder layers again, with policy-aware attention (same arguments and keys)
         self.layers = ModuleList(
-            [DynamicEncoderLayer(**cfg) for cfg in self._layer_cfgs(kwargs)])
+            [DynamicEncoderLayer(**cfg) for cfg in vit_layer_cfgs(
+                self, kwargs, policy_max_gap=[self._policy_max_gap] * self.num_layers)])
         if self.frozen_stages > 0:
             self._freeze_stages()
         self.predictors = ModuleList(
@@ -258,29 +258,6 @@ class DynamicVisionTransformer(VisionTransformer):
                              f'(one per pruning_loc), got {keep_ratios!r}')
         return [float(r) for r in ratios]
 
-    def _layer_cfgs(self, kwargs: dict) -> List[dict]:
-        """The per-layer arguments ``VisionTransformer.__init__`` gives its layers."""
-        defaults = inspect.signature(VisionTransformer.__init__).parameters
-
-        def arg(name):
-            return kwargs.get(name, defaults[name].default)
-
-        dpr = np.linspace(0, arg('drop_path_rate'), self.num_layers)
-        layer_cfgs = arg('layer_cfgs')
-        if isinstance(layer_cfgs, dict):
-            layer_cfgs = [layer_cfgs] * self.num_layers
-        cfgs = []
-        for i in range(self.num_layers):
-            cfg = dict(policy_max_gap=self._policy_max_gap,
-                       embed_dims=self.embed_dims, num_heads=self.arch_settings['num_heads'],
-                       feedforward_channels=self.arch_settings['feedforward_channels'],
-                       layer_scale_init_value=arg('layer_scale_init_value'),
-                       drop_rate=arg('drop_rate'), drop_path_rate=dpr[i],
-                       qkv_bias=arg('qkv_bias'), norm_cfg=arg('norm_cfg'))
-            cfg.update(layer_cfgs[i])
-            cfgs.append(cfg)
-        return cfgs
-
     def train(self, mode: bool = True) -> 'DynamicVisionTransformer':
         super().train(mode)  # mmpretrain's BaseBackbone.train returns None
         return self
@@ -305,13 +282,7 @@ class DynamicVisionTransformer(VisionTransformer):
             over the patch grid) of the kept patch tokens, in the order they are kept.
         """
         B = x.shape[0]
-        x, patch_resolution = self.patch_embed(x)
-        x = torch.cat((self.cls_token.expand(B, -1, -1), x), dim=1)
-        x = x + resize_pos_embed(self.pos_embed, self.patch_resolution, patch_resolution,
-                                 mode=self.interpolate_mode,
-                                 num_extra_tokens=self.num_extra_tokens)
-        x = self.drop_after_pos(x)
-        x = self.pre_norm(x)
+        x = vit_tokens(self, *self.patch_embed(x))
         counts = keep_counts(x.shape[1] - 1, self.keep_ratios)
 
         masked = self.training
@@ -363,31 +334,8 @@ class DynamicVisionTransformer(VisionTransformer):
         return self.ln2(policy_weighted_mean(x[:, 1:], decision).squeeze(1))
 
 
-def _save_teacher_hook(module: 'DynamicViTClassifier', state_dict: dict, prefix: str,
-                       local_metadata: dict) -> None:
-    """state_dict post-hook: a teacher copied from the student is saved as ``teacher.*``."""
-    teacher = module.teacher
-    if teacher is not None and module._teacher_ready and module.teacher_checkpoint is None:
-        for k, v in teacher.state_dict().items():
-            state_dict[f'{prefix}teacher.{k}'] = v.detach()
-
-
-def _load_teacher_hook(module: 'DynamicViTClassifier', state_dict: dict, prefix: str,
-                       local_metadata: dict, strict: bool, missing_keys: list,
-                       unexpected_keys: list, error_msgs: list) -> None:
-    """load_state_dict pre-hook: ``teacher.*`` keys go to the teacher (or are dropped)."""
-    head = f'{prefix}teacher.'
-    keys = [k for k in state_dict if k.startswith(head)]
-    if not keys:
-        return
-    sub = {k[len(head):]: state_dict.pop(k) for k in keys}
-    if module.teacher is not None:
-        module.teacher.load_state_dict(sub, strict=True)
-        module._teacher_ready = True
-
-
 @MODELS.register_module()
-class DynamicViTClassifier(ImageClassifier):
+class DynamicViTClassifier(FrozenTeacherMixin, ImageClassifier):
     """mmpretrain's ``ImageClassifier`` with DynamicViT's training losses.
 
     ``loss`` returns ``loss_cls`` (the head's loss), ``loss_ratio`` (``ratio_weight`` x
@@ -421,6 +369,10 @@ class DynamicViTClassifier(ImageClassifier):
         **kwargs: ``ImageClassifier``'s ``pretrained``, ``train_cfg``, ``data_preprocessor``,
             ``init_cfg``.
     """
+    # the teacher (FrozenTeacherMixin)
+    _teacher_name = 'DynamicViT'
+    _student_only_keys = DynamicVisionTransformer.DYNAMIC_KEYS
+    _save_loaded_teacher = False  # a teacher_checkpoint teacher is loaded again by init_weights
 
     def __init__(self, backbone: dict, neck: Optional[dict] = None, head: Optional[dict] = None,
                  teacher: Optional[Union[str, dict]] = None,
@@ -443,124 +395,48 @@ class DynamicViTClassifier(ImageClassifier):
         self.ratio_weight = ratio_weight
         self.distill_weight = distill_weight
         self.token_distill_weight = token_distill_weight
-        self.teacher_checkpoint = teacher_checkpoint
-        self._set_teacher(None)
-        self._teacher_ready = False
-        if distill:
-            if self.backbone.out_type != 'cls_token':
-                raise ValueError(f"distillation needs backbone.out_type='cls_token', got "
-                                 f"{self.backbone.out_type!r} (or set distill=False)")
-            self._set_teacher(self._build_teacher(teacher, backbone_cfg, head_cfg))
-        self.register_state_dict_post_hook(_save_teacher_hook)
-        self.register_load_state_dict_pre_hook(_load_teacher_hook)
+        if distill and self.backbone.out_type != 'cls_token':
+            raise ValueError(f"distillation needs backbone.out_type='cls_token', got "
+                             f"{self.backbone.out_type!r} (or set distill=False)")
+        self._init_teacher(teacher, teacher_checkpoint, backbone_cfg, head_cfg, build=distill)
 
     # ---- the teacher -------------------------------------------------------------------------
-    @property
-    def teacher(self) -> Optional[nn.Module]:
-        return self.__dict__['_teacher']
-
-    def _set_teacher(self, teacher: Optional[nn.Module]) -> None:
-        # not a submodule: out of parameters(), state_dict() (see the hooks) and train()
-        object.__setattr__(self, '_teacher', teacher)
-
-    def _build_teacher(self, teacher, backbone_cfg: Optional[dict],
-                       head_cfg: Optional[dict]) -> nn.Module:
-        if teacher is None:
-            if backbone_cfg is None or head_cfg is None:
-                raise ValueError('teacher: give a teacher config when backbone and head are '
-                                 'modules rather than config dicts')
-            bb = {k: v for k, v in backbone_cfg.items()
-                  if k not in DynamicVisionTransformer.DYNAMIC_KEYS}
-            bb['type'] = 'mmpretrain.VisionTransformer'
-            bb['init_cfg'] = None
-            cfg = dict(type='mmpretrain.ImageClassifier', backbone=bb, head=head_cfg)
-        elif isinstance(teacher, str):
-            from mmengine.config import Config
-            cfg = Config.fromfile(teacher).model.to_dict()
-        elif isinstance(teacher, dict):
-            cfg = copy.deepcopy(teacher)
-            cfg = cfg.to_dict() if hasattr(cfg, 'to_dict') else cfg
-        else:
-            raise ValueError(f'teacher must be None, a model config dict or a config file path, '
-                             f'got {type(teacher).__name__}')
+    def _adapt_teacher_cfg(self, cfg: dict) -> dict:
+        # the losses read the teacher's final tokens and feed its class token to its head
         if cfg.get('neck') is not None:
-            raise ValueError('teacher: the teacher must have neck=None')
-        cfg.setdefault('_scope_', 'mmpretrain')
+            raise ValueError('model.teacher: the teacher must have neck=None')
         cfg['backbone'] = dict(cfg['backbone'], out_type='raw', out_indices=-1)
-        cfg['data_preprocessor'] = dict(type='mmpretrain.ClsDataPreprocessor')
-        cfg.pop('train_cfg', None)
-        model = MODELS.build(cfg)
-        self._check_teacher(model)
-        model.requires_grad_(False)
-        model.eval()
-        return model
+        return cfg
 
     def _check_teacher(self, model: nn.Module) -> None:
         tb, sb = getattr(model, 'backbone', None), self.backbone
         if not isinstance(tb, VisionTransformer) or isinstance(tb, DynamicVisionTransformer):
-            raise ValueError(f'teacher: backbone must be a dense (mmpretrain) VisionTransformer, '
-                             f'got {type(tb).__name__}')
+            raise ValueError(f'model.teacher: backbone must be a dense (mmpretrain) '
+                             f'VisionTransformer, got {type(tb).__name__}')
         keys = ('embed_dims', 'num_layers', 'num_heads', 'feedforward_channels')
         t_arch = {k: tb.arch_settings.get(k) for k in keys}
         s_arch = {k: sb.arch_settings.get(k) for k in keys}
         if t_arch != s_arch or tuple(tb.patch_resolution) != tuple(sb.patch_resolution):
-            raise ValueError(f'teacher: backbone arch {t_arch} with patch grid '
+            raise ValueError(f'model.teacher: backbone arch {t_arch} with patch grid '
                              f'{tuple(tb.patch_resolution)} does not match the student\'s '
                              f'{s_arch} with {tuple(sb.patch_resolution)}; the teacher must be '
                              f'the dense model of the same arch (e.g. arch=\'deit-small\' for '
                              f'DynamicViT-DeiT-S), or leave teacher=None')
-        t_cls = getattr(model.head, 'num_classes', None)
-        s_cls = getattr(self.head, 'num_classes', None)
-        if t_cls != s_cls:
-            raise ValueError(f'teacher: head.num_classes {t_cls} does not match the student\'s '
-                             f'{s_cls}')
+        super()._check_teacher(model)
 
-    def _apply(self, fn, recurse: bool = True):
-        super()._apply(fn, recurse)
-        if self.teacher is not None:
-            self.teacher._apply(fn, recurse)
-        return self
-
-    def init_weights(self) -> None:
-        super().init_weights()
-        if self.teacher is not None and self.teacher_checkpoint:
-            self.load_teacher(self.teacher_checkpoint)
-
-    def load_teacher(self, filename: str) -> None:
-        """Load the teacher's backbone and head from a checkpoint (strict on those keys)."""
-        from mmengine.runner.checkpoint import CheckpointLoader
-        ckpt = CheckpointLoader.load_checkpoint(filename, map_location='cpu')
-        sd = ckpt.get('state_dict', ckpt)
-        sd = {(k[7:] if k.startswith('module.') else k): v for k, v in sd.items()}
-        sd = {k: v for k, v in sd.items()
-              if k.startswith(('backbone.', 'head.')) and not k.startswith('backbone.predictors.')}
-        own = self.teacher.state_dict()
-        missing = sorted(k for k in own if k.startswith(('backbone.', 'head.')) and k not in sd)
-        if missing:
-            raise ValueError(f'teacher_checkpoint {filename}: missing {len(missing)} teacher '
-                             f'weights, e.g. {missing[:3]} (expected an mmpretrain '
-                             f'VisionTransformer classifier checkpoint)')
-        self.teacher.load_state_dict(sd, strict=False)
-        self._teacher_ready = True
-        print_log(f'DynamicViT teacher loaded from {filename}', logger='current')
-
-    def _teacher_from_student(self) -> None:
-        sd = {k: v for k, v in self.backbone.state_dict().items()
+    def _student_dense_state(self) -> Dict[str, Tensor]:
+        # strict both ways: every backbone and head weight but the predictors' is the teacher's
+        sd = {f'backbone.{k}': v for k, v in self.backbone.state_dict().items()
               if not k.startswith('predictors.')}
-        self.teacher.backbone.load_state_dict(sd, strict=True)
-        self.teacher.head.load_state_dict(self.head.state_dict(), strict=True)
-        self._teacher_ready = True
-        print_log('DynamicViT teacher: a frozen copy of the student\'s dense weights at the '
-                  'start of training', logger='current')
+        sd.update({f'head.{k}': v for k, v in self.head.state_dict().items()})
+        return sd
 
     @torch.no_grad()
     def teacher_forward(self, inputs: Tensor) -> Tuple[Tensor, Tensor]:
         """Teacher logits (B, classes) and final normed tokens (B, 1 + N, C)."""
-        if not self._teacher_ready:
-            self._teacher_from_student()
-        self.teacher.eval()
-        tokens = self.teacher.backbone(inputs)[-1]
-        return self.teacher.head((tokens[:, 0], )), tokens
+        teacher = self._ensure_teacher()
+        tokens = teacher.backbone(inputs)[-1]
+        return teacher.head((tokens[:, 0], )), tokens
 
     # ---- losses ------------------------------------------------------------------------------
     def loss(self, inputs: Tensor, data_samples: list) -> Dict[str, Tensor]:

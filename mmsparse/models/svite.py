@@ -32,11 +32,11 @@ from typing import Optional, Tuple, Union
 
 import torch
 from mmengine.model import BaseModule
-from mmpretrain.models.utils import resize_pos_embed
 from torch import Tensor, nn
 
 from mmsparse.ops.token_select import gumbel_topk_st, token_keep_count, topk_indices
 from mmsparse.registry import MODELS
+from ._vit_utils import vit_tokens
 from .compact_vit import CompactVisionTransformer
 
 __all__ = ['TokenSelector', 'SViTEVisionTransformer']
@@ -164,14 +164,7 @@ class SViTEVisionTransformer(CompactVisionTransformer):
         """Args: x images (B, C_in, H, W). Returns the ``out_indices`` features (tuple)."""
         if self.token_selector is None:
             return super().forward(x)
-        B = x.shape[0]
-        x, patch_resolution = self.patch_embed(x)
-        x = torch.cat((self.cls_token.expand(B, -1, -1), x), dim=1)
-        x = x + resize_pos_embed(self.pos_embed, self.patch_resolution, patch_resolution,
-                                 mode=self.interpolate_mode,
-                                 num_extra_tokens=self.num_extra_tokens)
-        x = self.drop_after_pos(x)
-        x = self.pre_norm(x)
+        x = vit_tokens(self, *self.patch_embed(x))
         x, _, policy = self.token_selector(x, self.num_extra_tokens)
         outs = []
         for i, layer in enumerate(self.layers):

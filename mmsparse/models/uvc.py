@@ -21,21 +21,19 @@ Names against the paper / original code: ``s[:, 0] = arch_heads``, ``s[:, 1] = a
 ``r = arch_dims``, ``y = [dual_heads, dual_neurons]``, ``p = dual_dims``, ``z = dual_flops``.
 """
 import copy
-import inspect
 import math
 from typing import Dict, List, Optional, Tuple, Union
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from mmengine.logging import MessageHub, print_log
+from mmengine.logging import MessageHub
 from mmengine.model import ModuleList
 from mmengine.registry import MODEL_WRAPPERS
 from mmengine.optim import OptimWrapperDict
 from mmpretrain.models.backbones.vision_transformer import (TransformerEncoderLayer,
                                                             VisionTransformer)
 from mmpretrain.models.classifiers import ImageClassifier
-from mmpretrain.models.utils import MultiheadAttention, resize_pos_embed
+from mmpretrain.models.utils import MultiheadAttention
 from torch import Tensor, nn
 
 from mmsparse.ops.uvc import (UVCMasks, ViTCost, clip_inf_norm, gate_keep_hard, gate_keep_prob,
@@ -43,6 +41,8 @@ from mmsparse.ops.uvc import (UVCMasks, ViTCost, clip_inf_norm, gate_keep_hard, 
                               min_flops_fraction, project_grad, prox_factors,
                               uvc_flops_fraction, uvc_masks)
 from mmsparse.registry import MODELS
+from ._vit_utils import vit_layer_cfgs, vit_tokens
+from .teacher import FrozenTeacherMixin
 from .uvc_compact import UVCCompactVisionTransformer  # noqa: F401  (registers it)
 
 __all__ = ['UVCAttention', 'UVCEncoderLayer', 'UVCVisionTransformer', 'UVCClassifier',
@@ -190,7 +190,7 @@ class UVCVisionTransformer(VisionTransformer):
         # True while the classifier runs the warm-up epochs (gates frozen, fixed block weight)
         self.warmup = False
 
-        self.layers = ModuleList([UVCEncoderLayer(**cfg) for cfg in self._layer_cfgs(kwargs)])
+        self.layers = ModuleList([UVCEncoderLayer(**cfg) for cfg in vit_layer_cfgs(self, kwargs)])
         if self.frozen_stages > 0:
             self._freeze_stages()
 
@@ -254,28 +254,6 @@ class UVCVisionTransformer(VisionTransformer):
             raise ValueError('backbone.layer_scale_init_value must be 0 for UVC (DeiT layout)')
         if kwargs.get('pre_norm', False):
             raise ValueError('backbone.pre_norm must be False for UVC (DeiT layout)')
-
-    def _layer_cfgs(self, kwargs: dict) -> List[dict]:
-        """The per-layer arguments ``VisionTransformer.__init__`` gives its layers."""
-        defaults = inspect.signature(VisionTransformer.__init__).parameters
-
-        def arg(name):
-            return kwargs.get(name, defaults[name].default)
-
-        dpr = np.linspace(0, arg('drop_path_rate'), self.num_layers)
-        layer_cfgs = arg('layer_cfgs')
-        if isinstance(layer_cfgs, dict):
-            layer_cfgs = [layer_cfgs] * self.num_layers
-        cfgs = []
-        for i in range(self.num_layers):
-            cfg = dict(embed_dims=self.embed_dims, num_heads=self.arch_settings['num_heads'],
-                       feedforward_channels=self.arch_settings['feedforward_channels'],
-                       layer_scale_init_value=arg('layer_scale_init_value'),
-                       drop_rate=arg('drop_rate'), drop_path_rate=dpr[i],
-                       qkv_bias=arg('qkv_bias'), norm_cfg=arg('norm_cfg'))
-            cfg.update(layer_cfgs[i])
-            cfgs.append(cfg)
-        return cfgs
 
     # ---- architecture ------------------------------------------------------------------------
     @property
@@ -370,16 +348,10 @@ class UVCVisionTransformer(VisionTransformer):
 
     def forward(self, x: Tensor) -> Tuple[Tensor]:
         """Args: x images (B, C_in, H, W). Returns ``(cls_token (B, C),)``."""
-        B = x.shape[0]
         x, patch_resolution = self.patch_embed(x)
         if self.patch_gates is not None:
             x = x * torch.sigmoid(self.patch_gates)
-        x = torch.cat((self.cls_token.expand(B, -1, -1), x), dim=1)
-        x = x + resize_pos_embed(self.pos_embed, self.patch_resolution, patch_resolution,
-                                 mode=self.interpolate_mode,
-                                 num_extra_tokens=self.num_extra_tokens)
-        x = self.drop_after_pos(x)
-        x = self.pre_norm(x)
+        x = vit_tokens(self, x, patch_resolution)
 
         if self._hard():
             if self.mode == 'search':
@@ -414,32 +386,8 @@ class UVCVisionTransformer(VisionTransformer):
                               float(self.soft_l0_eps))
 
 
-# ----------------------------------------------------------------------------------------------
-# the teacher travels in checkpoints as ``teacher.*`` without being a submodule
-# ----------------------------------------------------------------------------------------------
-def _save_teacher_hook(module: 'UVCClassifier', state_dict: dict, prefix: str,
-                       local_metadata: dict) -> None:
-    teacher = module.teacher
-    if teacher is not None and module._teacher_ready:
-        for k, v in teacher.state_dict().items():
-            state_dict[f'{prefix}teacher.{k}'] = v.detach()
-
-
-def _load_teacher_hook(module: 'UVCClassifier', state_dict: dict, prefix: str,
-                       local_metadata: dict, strict: bool, missing_keys: list,
-                       unexpected_keys: list, error_msgs: list) -> None:
-    head = f'{prefix}teacher.'
-    keys = [k for k in state_dict if k.startswith(head)]
-    if not keys:
-        return
-    sub = {k[len(head):]: state_dict.pop(k) for k in keys}
-    if module.teacher is not None:
-        module.teacher.load_state_dict(sub, strict=True)
-        module._teacher_ready = True
-
-
 @MODELS.register_module()
-class UVCClassifier(ImageClassifier):
+class UVCClassifier(FrozenTeacherMixin, ImageClassifier):
     """mmpretrain's ``ImageClassifier`` with UVC's budget, dual variables and primal-dual step.
 
     **Loss** (both stages): ``loss_cls = (1 - alpha) * head loss`` and, with a teacher,
@@ -481,8 +429,8 @@ class UVCClassifier(ImageClassifier):
         teacher: None (a dense ``mmpretrain.VisionTransformer`` classifier of the backbone's
             arch, with the same head), a model config dict or a config file path.
         teacher_checkpoint: checkpoint of the teacher; else the teacher is a frozen copy of the
-            student when the first loss is computed (after ``load_from``), and is saved in
-            checkpoints as ``teacher.*``.
+            student when the first loss is computed (after ``load_from``). Either way it is
+            saved in checkpoints as ``teacher.*``.
         distill_alpha: alpha (original 0.1); distill_tau: temperature (original 1).
         gating_weight: weight of the resource term in the gates' gradient (original 5e-4).
         gating_interval: gate gradients are averaged over this many steps (original 50).
@@ -511,6 +459,10 @@ class UVCClassifier(ImageClassifier):
         **kwargs: ``ImageClassifier``'s ``pretrained``, ``train_cfg``, ``data_preprocessor``,
             ``init_cfg``.
     """
+    # the teacher (FrozenTeacherMixin); one loaded from teacher_checkpoint is saved too
+    _teacher_name = 'UVC'
+    _student_only_keys = UVCVisionTransformer.UVC_KEYS
+    _save_loaded_teacher = True
 
     def __init__(self, backbone: dict, head: dict, neck: Optional[dict] = None,
                  budget: float = 0.5, warmup_epochs: int = 5, distill: bool = True,
@@ -588,13 +540,8 @@ class UVCClassifier(ImageClassifier):
         self.register_buffer('gate_grad_sum', torch.zeros(L, 2))
         self.register_buffer('gate_grad_count', torch.zeros((), dtype=torch.long))
 
-        self.teacher_checkpoint = teacher_checkpoint
-        self._set_teacher(None)
-        self._teacher_ready = False
-        if distill and self.distill_alpha > 0:
-            self._set_teacher(self._build_teacher(teacher, backbone_cfg, head_cfg))
-        self.register_state_dict_post_hook(_save_teacher_hook)
-        self.register_load_state_dict_pre_hook(_load_teacher_hook)
+        self._init_teacher(teacher, teacher_checkpoint, backbone_cfg, head_cfg,
+                           build=distill and self.distill_alpha > 0)
 
     # ---- parts -------------------------------------------------------------------------------
     @property
@@ -617,88 +564,10 @@ class UVCClassifier(ImageClassifier):
         return out
 
     # ---- the teacher -------------------------------------------------------------------------
-    @property
-    def teacher(self) -> Optional[nn.Module]:
-        return self.__dict__['_teacher']
-
-    def _set_teacher(self, teacher: Optional[nn.Module]) -> None:
-        # not a submodule: out of parameters(), train(), optimizers; saved by the hooks
-        object.__setattr__(self, '_teacher', teacher)
-
-    def _build_teacher(self, teacher, backbone_cfg: Optional[dict],
-                       head_cfg: Optional[dict]) -> nn.Module:
-        if teacher is None:
-            if backbone_cfg is None or head_cfg is None:
-                raise ValueError('model.teacher: give a teacher config when backbone and head '
-                                 'are modules rather than config dicts')
-            bb = {k: v for k, v in backbone_cfg.items()
-                  if k not in UVCVisionTransformer.UVC_KEYS}
-            bb.update(type='mmpretrain.VisionTransformer', init_cfg=None)
-            cfg = dict(type='mmpretrain.ImageClassifier', backbone=bb, head=head_cfg)
-        elif isinstance(teacher, str):
-            from mmengine.config import Config
-            cfg = Config.fromfile(teacher).model.to_dict()
-        elif isinstance(teacher, dict):
-            cfg = copy.deepcopy(teacher)
-            cfg = cfg.to_dict() if hasattr(cfg, 'to_dict') else cfg
-        else:
-            raise ValueError(f'model.teacher must be None, a model config dict or a config file '
-                             f'path, got {type(teacher).__name__}')
-        cfg.setdefault('_scope_', 'mmpretrain')
-        cfg['data_preprocessor'] = dict(type='mmpretrain.ClsDataPreprocessor')
-        cfg.pop('train_cfg', None)
-        model = MODELS.build(cfg)
-        t_cls = getattr(getattr(model, 'head', None), 'num_classes', None)
-        if t_cls != getattr(self.head, 'num_classes', None):
-            raise ValueError(f'model.teacher: head.num_classes {t_cls} does not match the '
-                             f"student's {getattr(self.head, 'num_classes', None)}")
-        model.requires_grad_(False)
-        model.eval()
-        return model
-
-    def _apply(self, fn, recurse: bool = True):
-        super()._apply(fn, recurse)
-        if self.teacher is not None:
-            self.teacher._apply(fn, recurse)
-        return self
-
-    def init_weights(self) -> None:
-        super().init_weights()
-        if self.teacher is not None and self.teacher_checkpoint:
-            self.load_teacher(self.teacher_checkpoint)
-
-    def load_teacher(self, filename: str) -> None:
-        """Load the teacher's backbone and head from a classifier checkpoint."""
-        from mmengine.runner.checkpoint import CheckpointLoader
-        ckpt = CheckpointLoader.load_checkpoint(filename, map_location='cpu')
-        sd = ckpt.get('state_dict', ckpt)
-        sd = {(k[7:] if k.startswith('module.') else k): v for k, v in sd.items()}
-        own = self.teacher.state_dict()
-        sd = {k: v for k, v in sd.items() if k in own}
-        missing = sorted(k for k in own if k.startswith(('backbone.', 'head.')) and k not in sd)
-        if missing:
-            raise ValueError(f'model.teacher_checkpoint {filename}: missing {len(missing)} '
-                             f'teacher weights, e.g. {missing[:3]}')
-        self.teacher.load_state_dict(sd, strict=False)
-        self._teacher_ready = True
-        print_log(f'UVC teacher loaded from {filename}', logger='current')
-
-    def _teacher_from_student(self) -> None:
-        own = self.teacher.state_dict()
-        sd = {k.replace('.module.', '.'): v for k, v in self.state_dict().items()}
-        sd = {k: v for k, v in sd.items() if k in own}
-        self.teacher.load_state_dict(sd, strict=True)
-        self._teacher_ready = True
-        print_log('UVC teacher: a frozen copy of the dense student weights at the start of '
-                  'training', logger='current')
-
     @torch.no_grad()
     def teacher_logits(self, inputs: Tensor) -> Tensor:
         """The teacher's logits (B, classes)."""
-        if not self._teacher_ready:
-            self._teacher_from_student()
-        self.teacher.eval()
-        return self.teacher(inputs, mode='tensor')
+        return self._ensure_teacher()(inputs, mode='tensor')
 
     # ---- loss --------------------------------------------------------------------------------
     def loss(self, inputs: Tensor, data_samples: list) -> Dict[str, Tensor]:
