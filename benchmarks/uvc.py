@@ -306,7 +306,8 @@ def main(argv=None) -> int:
                f"Architecture from {d['steps']} UVC stage-1 steps (batch {d['batch']}) on "
                f"synthetic images from a random initialisation (no ImageNet here). Real FLOPs "
                f"at the end of the search: {d['real_flops_end_of_search']:.4f}; end-of-search "
-               f"projection (and rounding of kept sizes to multiples of {d['round_to']}) "
+               f"projection (and rounding of kept sizes to multiples of "
+               f"{d.get('round_to', 1)}) "
                f"removed {d['projected_groups']} groups -> "
                f"{d['real_flops_final']:.4f} (budget 0.5). Compact vs masked model: max logit "
                f"difference {d['max_logit_diff']:.2e}.", '', d['table'], '']

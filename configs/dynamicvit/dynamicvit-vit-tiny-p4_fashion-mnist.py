@@ -3,15 +3,16 @@
 #   python tools/train.py configs/dynamicvit/dynamicvit-vit-tiny-p4_fashion-mnist.py \
 #       --cfg-options load_from=work_dirs/demo/vit-tiny-p4_fashion-mnist/epoch_1.pth
 #
-# Pruning before blocks 1, 3 and 5 of the 6: the original prunes DeiT's 12 blocks before 3, 6, 9
-# (three stages, cumulative ratios rho, rho^2, rho^3); [1, 3, 5] keeps three stages, one every two
-# blocks, and the same share of the token-blocks (~62% of dense, DeiT-S: 63%). Kept patch tokens
-# at inference (of 49): 34, 24, 16, plus the class token.
+# Pruning before blocks 2 and 4 of the 6 (two stages, keep rho and rho^2 of the patch tokens: 34
+# and 24 of the 49, plus the class token). The original prunes DeiT's 12 blocks of 196 tokens
+# before 3, 6, 9; a third stage here would keep 16 of 49 tokens of images whose object covers
+# ~69 % of the patches: with [1, 3, 5] the fine-tuned model lost 2.2 points (74.6 vs 76.8 %),
+# barely above random dropping (74.2 %); with [2, 4] it is within 0.5 point.
 _base_ = ['../vit/vit-tiny-p4_fashion-mnist.py']
 
 model = dict(
     type='mmsparse.DynamicViTClassifier',
-    backbone=dict(type='mmsparse.DynamicVisionTransformer', pruning_loc=[1, 3, 5],
+    backbone=dict(type='mmsparse.DynamicVisionTransformer', pruning_loc=[2, 4],
                   keep_rate=0.7),
     # teacher=None: a frozen dense copy of the model as loaded (load_from)
     ratio_weight=2.0,
