@@ -42,6 +42,19 @@ def test_count_follows_tokens_really_processed():
     assert count_flops(_KeepTokens(25), (x, )).flops == 2 * 25 * 16 * 32
 
 
+def test_count_leaves_every_module_in_its_mode():
+    # a model in eval mode counted through a fresh wrapper (part_module) stays in eval mode, and
+    # a model with mixed modes keeps each module's own
+    model = nn.Sequential(nn.Linear(16, 16), nn.Dropout(0.5), nn.Linear(16, 4)).eval()
+    wrapper = nn.Sequential(model)
+    wrapper.training = True
+    count_flops(wrapper, (torch.randn(2, 16), ))
+    assert not any(m.training for m in model.modules()) and wrapper.training
+    model[1].train()
+    count_flops(model, (torch.randn(2, 16), ))
+    assert [m.training for m in model] == [False, True, False] and not model.training
+
+
 def _zoo_model(tmp_path, zoo: str):
     cfg_file = tmp_path / 'cfg.py'
     cfg_file.write_text(f"_base_ = ['{zoo}']\ndefault_scope = 'mmsparse'\n"

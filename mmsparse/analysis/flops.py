@@ -61,10 +61,13 @@ def count_flops(module: nn.Module, inputs: Union[Tensor, Tuple[Any, ...]]) -> Fl
     """Trace ``module(*inputs)`` once in eval mode and count its MACs and parameters.
 
     Args:
-        module: the module to analyse; it is put in eval mode for the trace and restored after.
+        module: the module to analyse; it is put in eval mode for the trace, and afterwards every
+            submodule gets back its own mode (a wrapper built for the trace is in training mode
+            while the model it wraps is in eval mode: restoring the wrapper's flag recursively
+            would leave the model training).
         inputs: a tensor or a tuple of the module's positional inputs, e.g. (B, 3, H, W).
     """
-    was_training = module.training
+    modes = [(m, m.training) for m in module.modules()]
     module.eval()
     try:
         with torch.no_grad():
@@ -78,7 +81,8 @@ def count_flops(module: nn.Module, inputs: Union[Tensor, Tuple[Any, ...]]) -> Fl
             by_operator = dict(analyzer.by_operator())
             unsupported = dict(analyzer.unsupported_ops())
     finally:
-        module.train(was_training)
+        for m, training in modes:
+            m.training = training
     return FlopsResult(flops=int(total), params=int(parameter_count(module)['']),
                        by_module=by_module, by_operator=by_operator,
                        unsupported_ops=unsupported)

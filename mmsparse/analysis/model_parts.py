@@ -57,6 +57,7 @@ class _TensorForward(nn.Module):
         super().__init__()
         self.model = model
         self.data_samples = data_samples
+        self.training = model.training
 
     def forward(self, images: Tensor) -> Any:
         return self.model(images, self.data_samples, mode='tensor')
