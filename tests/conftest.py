@@ -1,7 +1,9 @@
 import os
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
+from typing import Optional
 
 import pytest
 
@@ -28,6 +30,37 @@ def run_tool(*args, timeout=900, env=None, launcher_prefix=()) -> subprocess.Com
     cmd += [sys.executable, *args] if args[0].endswith('.py') else args
     return subprocess.run(cmd, cwd=REPO, env=env or tool_env(), capture_output=True, text=True,
                           timeout=timeout)
+
+
+def small_config(base, *extra: str, train_images: int = 128, test_images: int = 64,
+                 epochs: Optional[int] = 2, validate: bool = True) -> str:
+    """Text of a config that runs ``base`` on a few Fashion-MNIST images, for the command-line
+    tests: the first ``train_images`` training and ``test_images`` test images (batches of 32 /
+    64, no augmentation, no workers), a log line every iteration, a checkpoint every epoch (all
+    kept); with ``epochs``, that many epochs on a cosine lr schedule; ``validate=False`` for a
+    base without validation (only the test loader is set). ``extra`` lines follow."""
+    lines = [
+        f"_base_ = ['{base}']",
+        'train_dataloader = dict(batch_size=32, num_workers=0, persistent_workers=False,',
+        f"                        dataset=dict(indices={train_images}, "
+        "pipeline=[dict(type='PackInputs')]))",
+        'test_dataloader = dict(batch_size=64, num_workers=0, persistent_workers=False,',
+        f'                       dataset=dict(indices={test_images}))',
+        'val_dataloader = test_dataloader' if validate else '',
+        'default_hooks = dict(logger=dict(interval=1), checkpoint=dict(interval=1, '
+        'max_keep_ckpts=-1))',
+    ]
+    if epochs is not None:
+        lines += [f'max_epochs = {epochs}', 'train_cfg = dict(max_epochs=max_epochs)',
+                  "param_scheduler = [dict(type='CosineAnnealingLR', eta_min=1e-5, by_epoch=True, "
+                  'begin=0, end=max_epochs, convert_to_iter_based=True)]']
+    return '\n'.join(lines + [textwrap.dedent(e).strip() for e in extra]) + '\n'
+
+
+def ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+    """Assert a tool run succeeded (showing the end of its output if not)."""
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
 
 
 @pytest.fixture(scope='session')

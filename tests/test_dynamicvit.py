@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from mmsparse.compat import load_checkpoint_file
-from tests.conftest import DEMO_CONFIG, REPO, run_tool
+from tests.conftest import DEMO_CONFIG, REPO, ok, run_tool, small_config
 
 DV_CONFIG = REPO / 'configs/dynamicvit/dynamicvit-vit-tiny-p4_fashion-mnist.py'
 # a small ViT with DeiT's patch grid (196 patches) and depth, cheap to run
@@ -86,13 +86,31 @@ def test_eval_keep_counts_order_and_shapes():
         tokens = torch.cat([bb.cls_token.expand(2, -1, -1), h], 1) + bb.pos_embed
         for layer in bb.layers[:3]:
             tokens = layer(tokens)
-        scores = bb.predictors[0](tokens[:, 1:])[..., 0]
+        scores = bb.predictors[0].keep_score(tokens[:, 1:])
     # (compared by value: the untrained predictor's scores have ties)
     torch.testing.assert_close(scores.gather(1, aux['kept_indices'][0]),
                                scores.sort(1, descending=True).values[:, :137], rtol=0, atol=0)
     # deterministic
     with torch.no_grad():
         torch.testing.assert_close(bb(x)[0], out)
+
+
+def test_predictor_keep_score_orders_as_keep_log_prob():
+    _scope()
+    from mmsparse.models.dynamicvit import DynamicViTPredictor
+    torch.manual_seed(0)
+    pred = DynamicViTPredictor(48)
+    with torch.no_grad():  # away from the near-uniform init, biases included
+        for p in pred.parameters():
+            p.normal_(0, 0.3)
+    x = torch.randn(2, 50, 48)
+    with torch.no_grad():
+        log_p = pred(x)
+        score = pred.keep_score(x)
+    assert score.shape == (2, 50)
+    torch.testing.assert_close(score, log_p[..., 0] - log_p[..., 1], rtol=0, atol=1e-5)
+    torch.testing.assert_close(F.logsigmoid(score), log_p[..., 0], rtol=0, atol=1e-5)
+    assert torch.equal(score.argsort(1), log_p[..., 0].argsort(1))
 
 
 def test_train_outputs_and_monotone_decisions():
@@ -339,21 +357,11 @@ def test_converter_round_trip(tmp_path):
 
 
 # ---- training on real data, save / resume, test, pictures ------------------------------------
-SMALL_DV = """
-_base_ = ['{cfg}']
+DV_EXTRA = """
 load_from = '{dense}'
-train_dataloader = dict(batch_size=32, num_workers=0, persistent_workers=False,
-                        dataset=dict(indices=64, pipeline=[dict(type='PackInputs')]))
-test_dataloader = dict(batch_size=64, num_workers=0, persistent_workers=False,
-                       dataset=dict(indices=64))
-max_epochs = 2
-train_cfg = dict(max_epochs=max_epochs)
-param_scheduler = [dict(type='CosineAnnealingLR', eta_min=1e-5, by_epoch=True, begin=0,
-                        end=max_epochs, convert_to_iter_based=True)]
 custom_hooks = [dict(type='mmsparse.DynamicViTOptimHook', backbone_lr_scale=0.1,
                      freeze_backbone=1, by_epoch=True),
                 dict(type='mmsparse.RNGStateHook')]
-default_hooks = dict(logger=dict(interval=1), checkpoint=dict(interval=1, max_keep_ckpts=-1))
 """
 
 
@@ -370,19 +378,16 @@ def small_dv(tmp_path_factory, data_root):
     dense.init_weights()
     torch.save({'state_dict': dense.state_dict(), 'meta': {}}, tmp / 'dense.pth')
     path = tmp / 'small_dv.py'
-    path.write_text(SMALL_DV.format(cfg=DV_CONFIG, dense=tmp / 'dense.pth'))
+    path.write_text(small_config(DV_CONFIG, DV_EXTRA.format(dense=tmp / 'dense.pth'),
+                                 train_images=64, validate=False))
     return path, tmp
 
-
-def _ok(proc):
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return proc
 
 
 def test_train_freeze_save_resume_test_visualize(small_dv, tmp_path):
     cfg, tmp = small_dv
     full, cut = tmp_path / 'full', tmp_path / 'cut'
-    out = _ok(run_tool('tools/train.py', cfg, '--work-dir', full)).stdout
+    out = ok(run_tool('tools/train.py', cfg, '--work-dir', full)).stdout
     for name in ('loss_cls', 'loss_ratio', 'loss_distill_cls', 'loss_distill_token',
                  'keep_ratio_0', 'backbone_lr'):
         assert name + ':' in out
@@ -402,9 +407,9 @@ def test_train_freeze_save_resume_test_visualize(small_dv, tmp_path):
         torch.testing.assert_close(e2[k], dense[k], rtol=0, atol=0)
 
     # stopped after epoch 1, then resumed: the same weights as the uninterrupted run
-    _ok(run_tool('tools/train.py', cfg, '--work-dir', cut, '--cfg-options',
+    ok(run_tool('tools/train.py', cfg, '--work-dir', cut, '--cfg-options',
                  'train_cfg.max_epochs=1'))
-    proc = _ok(run_tool('tools/train.py', cfg, '--work-dir', cut, '--resume'))
+    proc = ok(run_tool('tools/train.py', cfg, '--work-dir', cut, '--resume'))
     assert 'resumed epoch: 1' in proc.stdout + proc.stderr
     resumed = load_checkpoint_file(str(cut / 'epoch_2.pth'))['state_dict']
     assert resumed.keys() == e2.keys()
@@ -413,7 +418,7 @@ def test_train_freeze_save_resume_test_visualize(small_dv, tmp_path):
 
     # test.py on the checkpoint
     metrics = tmp_path / 'metrics.json'
-    _ok(run_tool('tools/test.py', cfg, full / 'epoch_2.pth', '--work-dir', tmp_path / 't',
+    ok(run_tool('tools/test.py', cfg, full / 'epoch_2.pth', '--work-dir', tmp_path / 't',
                  '--out', metrics))
     assert 0.0 <= json.loads(metrics.read_text())['accuracy/top1'] <= 100.0
 
@@ -425,7 +430,7 @@ def test_train_freeze_save_resume_test_visualize(small_dv, tmp_path):
     image = read_image_file(f'{root}/t10k-images-idx3-ubyte')[0].numpy()
     mmcv.imwrite(image, str(tmp_path / 'img.png'))
     picture = tmp_path / 'tokens.png'
-    proc = _ok(run_tool('tools/visualize_tokens.py', cfg, full / 'epoch_2.pth',
+    proc = ok(run_tool('tools/visualize_tokens.py', cfg, full / 'epoch_2.pth',
                         tmp_path / 'img.png', '--out', picture))
     assert 'kept [34, 24] of 49 patches' in proc.stdout
     drawn = mmcv.imread(str(picture))

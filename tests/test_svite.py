@@ -3,14 +3,13 @@ configs, and the command lines (resume with bit-identical masks, 2 ranks agree, 
 import glob
 import os
 import socket
-import textwrap
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from mmsparse.compat import load_checkpoint_file
-from tests.conftest import DEMO_CONFIG, REPO, run_tool, tool_env
+from tests.conftest import DEMO_CONFIG, REPO, ok, run_tool, small_config, tool_env
 
 SVITE_CONFIGS = sorted(glob.glob(str(REPO / 'configs/svite/*.py')))
 TINY_ARCH = dict(embed_dims=96, num_layers=6, num_heads=3, feedforward_channels=384)
@@ -203,6 +202,52 @@ def test_erk_and_magnitude_init_and_random_growth():
             assert float(w[m].min()) >= float(w[~m].max())
     train(hook, runner, 4)
     assert len(hook.history) == 2 and hook.history[0]['regrown'] == hook.history[0]['pruned']
+
+
+def test_momentum_growth_regrows_where_the_adam_momentum_is_largest():
+    from mmsparse.engine import SparseTrainingHook
+    model, _ = build_classifier()
+    runner = FakeRunner(model, max_iters=6)
+    hook = SparseTrainingHook(density=0.5, sparse_init='ERK', growth='momentum',
+                              update_interval=3, stop_ratio=1.0, death_rate=0.3)
+    start(hook, runner)
+    train(hook, runner, 2)
+    before = {n: m.clone() for n, m in hook.masks.items()}
+    # the momentum the update at iteration 3 will read: replay step 3 on a copy of the state
+    opt = runner.optim_wrapper.optimizer
+    hook.before_train_iter(runner, runner.iter)
+    x, y = batch(seed=runner.iter)
+    runner.optim_wrapper.update_params(F.cross_entropy(model(x, mode='tensor'), y))
+    name = 'backbone.layers.0.ffn.layers.0.0.weight'
+    p = hook.params[name]
+    st = opt.state[p]
+    score = (st['exp_avg'] / (st['exp_avg_sq'].sqrt() + opt.defaults['eps'])).abs()
+    weight = p.detach().clone()
+    hook.after_train_iter(runner, runner.iter)
+    runner.iter += 1
+    from mmsparse.ops import dst
+    new, old = hook.masks[name], before[name]
+    after_death = dst.magnitude_death(weight, old, hook.history[-1]['death_rate'])
+    n = int(old.sum()) - int(after_death.sum())
+    assert n > 0 and int(new.sum()) == int(old.sum())  # as many regrown as pruned
+    # growth took the largest momenta among the inactive weights
+    assert torch.equal(new, dst.gradient_growth(after_death, score, n))
+    grown = new & ~after_death
+    assert float(score[grown].min()) >= float(score[~new].max())
+    assert hook.history[-1]['regrown'] > 0
+
+
+def test_momentum_growth_needs_an_optimizer_with_momentum():
+    from mmengine.optim import OptimWrapper
+
+    from mmsparse.engine import SparseTrainingHook
+    model, _ = build_classifier()
+    runner = FakeRunner(model, max_iters=6)
+    runner.optim_wrapper = OptimWrapper(torch.optim.SGD(model.parameters(), lr=0.1))
+    hook = SparseTrainingHook(density=0.5, growth='momentum')
+    hook.before_run(runner)
+    with pytest.raises(ValueError, match="growth='momentum' needs an optimizer"):
+        hook.before_train(runner)
 
 
 def test_structured_hook_swaps_heads_and_compaction_is_exact():
@@ -428,43 +473,25 @@ def test_svite_configs_build(path):
 
 # ---------------------------------------------------------------------------------------------
 # command lines, on real Fashion-MNIST
-SMALL = """
-_base_ = ['{config}']
-train_dataloader = dict(batch_size=32, num_workers=0, persistent_workers=False,
-                        dataset=dict(indices=128, pipeline=[dict(type='PackInputs')]))
-val_dataloader = dict(batch_size=64, num_workers=0, persistent_workers=False,
-                      dataset=dict(indices=64))
-test_dataloader = val_dataloader
-max_epochs = 2
-train_cfg = dict(max_epochs=max_epochs)
-param_scheduler = [dict(type='CosineAnnealingLR', eta_min=1e-5, by_epoch=True, begin=0,
-                        end=max_epochs, convert_to_iter_based=True)]
-default_hooks = dict(logger=dict(interval=1), checkpoint=dict(interval=1, max_keep_ckpts=-1))
-custom_hooks = [{hook}]
-"""
 UNSTRUCTURED = ("dict(type='SparseTrainingHook', density=0.5, update_interval=2, "
                 "stop_ratio=0.9, schedule_iters=8)")
 
 
 def _small_cfg(tmp_path, name, config, hook):
     path = tmp_path / f'{name}.py'
-    path.write_text(textwrap.dedent(SMALL.format(config=REPO / config, hook=hook)))
+    path.write_text(small_config(REPO / config, f'custom_hooks = [{hook}]'))
     return path
 
-
-def _ok(proc):
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return proc
 
 
 def test_resume_continues_with_bit_identical_masks(tmp_path, data_root):
     cfg = _small_cfg(tmp_path, 'svite_small', 'configs/svite/'
                      'svite-vit-tiny-p4_density0.5_fashion-mnist.py', UNSTRUCTURED)
     full, cut = tmp_path / 'full', tmp_path / 'cut'
-    _ok(run_tool('tools/train.py', cfg, '--work-dir', full))
-    _ok(run_tool('tools/train.py', cfg, '--work-dir', cut, '--cfg-options',
+    ok(run_tool('tools/train.py', cfg, '--work-dir', full))
+    ok(run_tool('tools/train.py', cfg, '--work-dir', cut, '--cfg-options',
                  'train_cfg.max_epochs=1'))  # the same run stopped after epoch 1 ...
-    proc = _ok(run_tool('tools/train.py', cfg, '--work-dir', cut, '--resume'))  # ... resumed
+    proc = ok(run_tool('tools/train.py', cfg, '--work-dir', cut, '--resume'))  # ... resumed
     assert 'resumed epoch: 1' in proc.stdout + proc.stderr
     a = load_checkpoint_file(str(full / 'epoch_2.pth'))
     b = load_checkpoint_file(str(cut / 'epoch_2.pth'))
@@ -508,7 +535,7 @@ def test_two_ranks_compute_identical_masks(tmp_path, data_root):
             "verify_sync=True)")
     cfg = _small_cfg(tmp_path, 'svite_dist', 'configs/svite/'
                      'svite-vit-tiny-p4_density0.5_fashion-mnist.py', hook)
-    proc = _ok(run_tool(REPO / 'tools/dist_train.sh', cfg, 2, '--work-dir', tmp_path / 'w',
+    proc = ok(run_tool(REPO / 'tools/dist_train.sh', cfg, 2, '--work-dir', tmp_path / 'w',
                         '--cfg-options', 'train_cfg.max_epochs=1', env=tool_env(PORT='29563')))
     out = proc.stdout + proc.stderr
     assert 'GPU number: 2' in out  # = world size
@@ -523,14 +550,14 @@ def test_structured_training_compact_tool_and_test(tmp_path, data_root):
     cfg = _small_cfg(tmp_path, 's2vite_small', 'configs/svite/s2vite-vit-tiny-p4_fashion-mnist.py',
                      hook)
     work = tmp_path / 'w'
-    _ok(run_tool('tools/train.py', cfg, '--work-dir', work, '--cfg-options',
+    ok(run_tool('tools/train.py', cfg, '--work-dir', work, '--cfg-options',
                  'train_cfg.max_epochs=1'))
     out = tmp_path / 'compact'
-    proc = _ok(run_tool('tools/compact.py', cfg, work / 'epoch_1.pth', '--out', out))
+    proc = ok(run_tool('tools/compact.py', cfg, work / 'epoch_1.pth', '--out', out))
     assert 'num_heads: [2, 2, 2, 2, 2, 2]' in proc.stdout
     diff = float(proc.stdout.split('max_abs_diff: ')[1].split()[0])
     assert diff < 1e-5
     compact_cfg, compact_ckpt = out / 's2vite_small_compact.py', out / 's2vite_small_compact.pth'
     assert 'CompactVisionTransformer' in compact_cfg.read_text()
-    proc = _ok(run_tool('tools/test.py', compact_cfg, compact_ckpt, '--work-dir', tmp_path / 't'))
+    proc = ok(run_tool('tools/test.py', compact_cfg, compact_ckpt, '--work-dir', tmp_path / 't'))
     assert 'accuracy/top1' in proc.stdout + proc.stderr

@@ -7,35 +7,19 @@ import pytest
 import torch
 
 from mmsparse.compat import load_checkpoint_file
-from tests.conftest import DEMO_CONFIG, DET_CONFIG, SEG_CONFIG, REPO, run_tool, tool_env
+from tests.conftest import (DEMO_CONFIG, DET_CONFIG, REPO, SEG_CONFIG, ok, run_tool, small_config,
+                            tool_env)
 
 # A small, augmentation-free slice of the demo config, so that an interrupted-and-resumed run
 # must reproduce an uninterrupted one exactly.
-SMALL_CLS = """
-_base_ = ['{demo}']
-train_dataloader = dict(batch_size=32, num_workers=0, persistent_workers=False,
-                        dataset=dict(indices=128, pipeline=[dict(type='PackInputs')]))
-val_dataloader = dict(batch_size=64, num_workers=0, persistent_workers=False,
-                      dataset=dict(indices=128))
-test_dataloader = val_dataloader
-max_epochs = 2
-train_cfg = dict(max_epochs=max_epochs)
-param_scheduler = [dict(type='CosineAnnealingLR', eta_min=1e-5, by_epoch=True, begin=0,
-                        end=max_epochs, convert_to_iter_based=True)]
-default_hooks = dict(logger=dict(interval=1), checkpoint=dict(interval=1, max_keep_ckpts=-1))
-"""
 
 
 @pytest.fixture(scope='module')
 def small_cls(tmp_path_factory, data_root):
     path = tmp_path_factory.mktemp('cfg') / 'small_cls.py'
-    path.write_text(SMALL_CLS.format(demo=DEMO_CONFIG))
+    path.write_text(small_config(DEMO_CONFIG, test_images=128))
     return path
 
-
-def _ok(proc):
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return proc
 
 
 def _weights(path):
@@ -44,11 +28,11 @@ def _weights(path):
 
 def test_train_checkpoint_resume_test(small_cls, tmp_path):
     full, cut = tmp_path / 'full', tmp_path / 'cut'
-    _ok(run_tool('tools/train.py', small_cls, '--work-dir', full))
+    ok(run_tool('tools/train.py', small_cls, '--work-dir', full))
     # the same run, stopped after epoch 1, then resumed to epoch 2
-    _ok(run_tool('tools/train.py', small_cls, '--work-dir', cut, '--cfg-options',
+    ok(run_tool('tools/train.py', small_cls, '--work-dir', cut, '--cfg-options',
                  'train_cfg.max_epochs=1'))
-    proc = _ok(run_tool('tools/train.py', small_cls, '--work-dir', cut, '--resume'))
+    proc = ok(run_tool('tools/train.py', small_cls, '--work-dir', cut, '--resume'))
     assert 'resumed epoch: 1' in (proc.stdout + proc.stderr)
     a, b = _weights(full / 'epoch_2.pth'), _weights(cut / 'epoch_2.pth')
     assert a.keys() == b.keys()
@@ -58,20 +42,20 @@ def test_train_checkpoint_resume_test(small_cls, tmp_path):
     assert {'meta', 'state_dict', 'optimizer', 'param_schedulers', 'message_hub'} <= set(ckpt)
 
     out = tmp_path / 'metrics.json'
-    _ok(run_tool('tools/test.py', small_cls, full / 'epoch_2.pth', '--work-dir', tmp_path / 't',
+    ok(run_tool('tools/test.py', small_cls, full / 'epoch_2.pth', '--work-dir', tmp_path / 't',
                  '--out', out))
     acc = json.loads(out.read_text())['accuracy/top1']
     assert 10.0 <= acc <= 100.0
 
     # load_from: fine-tuning starts from the trained weights
-    proc = _ok(run_tool('tools/train.py', small_cls, '--work-dir', tmp_path / 'ft',
+    proc = ok(run_tool('tools/train.py', small_cls, '--work-dir', tmp_path / 'ft',
                         '--cfg-options', f'load_from={full / "epoch_2.pth"}',
                         'train_cfg.max_epochs=1'))
     assert 'Load checkpoint from' in proc.stdout + proc.stderr
 
 
 def test_dist_train_two_processes_gloo(small_cls, tmp_path):
-    proc = _ok(run_tool(REPO / 'tools/dist_train.sh', small_cls, 2, '--work-dir', tmp_path,
+    proc = ok(run_tool(REPO / 'tools/dist_train.sh', small_cls, 2, '--work-dir', tmp_path,
                         '--cfg-options', 'train_cfg.max_epochs=1',
                         env=tool_env(PORT='29517')))
     out = proc.stdout + proc.stderr
@@ -84,7 +68,7 @@ def test_dist_train_two_processes_gloo(small_cls, tmp_path):
 def test_train_under_mpi(prefix, small_cls, tmp_path):
     assert shutil.which(prefix[0], path=tool_env()['PATH']), f'{prefix[0]} is not installed'
     env = tool_env(MASTER_PORT='29533', OMP_NUM_THREADS='1')
-    proc = _ok(run_tool('tools/train.py', small_cls, '--work-dir', tmp_path, '--launcher', 'mpi',
+    proc = ok(run_tool('tools/train.py', small_cls, '--work-dir', tmp_path, '--launcher', 'mpi',
                         '--cfg-options', 'train_cfg.max_epochs=1', env=env,
                         launcher_prefix=prefix))
     out = proc.stdout + proc.stderr
@@ -94,12 +78,12 @@ def test_train_under_mpi(prefix, small_cls, tmp_path):
 
 def test_get_flops_and_latency_tools(tmp_path):
     out = tmp_path / 'flops.json'
-    proc = _ok(run_tool('tools/analysis/get_flops.py', DEMO_CONFIG, '--out', out))
+    proc = ok(run_tool('tools/analysis/get_flops.py', DEMO_CONFIG, '--out', out))
     assert 'GFLOPs' in proc.stdout
     rep = json.loads(out.read_text())
     assert rep['input_shape'] == [1, 1, 28, 28] and rep['flops'] > 0
     out = tmp_path / 'lat.json'
-    proc = _ok(run_tool('tools/measure_latency.py', DEMO_CONFIG, '--batch-sizes', 1, 4,
+    proc = ok(run_tool('tools/measure_latency.py', DEMO_CONFIG, '--batch-sizes', 1, 4,
                         '--warmup', 1, '--runs', 3, '--out', out))
     assert 'threads:' in proc.stdout
     rep = json.loads(out.read_text())
@@ -110,7 +94,7 @@ def test_get_flops_and_latency_tools(tmp_path):
 @pytest.mark.parametrize('config,metric', [(DET_CONFIG, 'coco/bbox_mAP'),
                                            (SEG_CONFIG, 'mIoU')])
 def test_det_and_seg_configs_train_on_voc_samples(config, metric, tmp_path, data_root):
-    proc = _ok(run_tool('tools/train.py', config, '--work-dir', tmp_path, '--cfg-options',
+    proc = ok(run_tool('tools/train.py', config, '--work-dir', tmp_path, '--cfg-options',
                         'train_cfg.max_epochs=1' if 'mask-rcnn' in str(config)
                         else 'train_cfg.max_iters=2'))
     assert metric in proc.stdout + proc.stderr

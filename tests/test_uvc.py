@@ -14,7 +14,7 @@ from mmsparse.compaction.uvc import compact_uvc_model, max_output_diff
 from mmsparse.compat import load_checkpoint_file
 from mmsparse.engine.uvc_optim import PresetLR, UVCOptimWrapperConstructor
 from mmsparse.ops.uvc import uvc_macs
-from tests.conftest import REPO, run_tool
+from tests.conftest import REPO, ok, run_tool, small_config
 
 STAGE1 = REPO / 'configs/uvc/uvc-vit-tiny-p4_stage1_fashion-mnist.py'
 STAGE2 = REPO / 'configs/uvc/uvc-vit-tiny-p4_stage2_fashion-mnist.py'
@@ -375,17 +375,8 @@ def test_stage1_needs_the_uvc_optimizers_and_stage2_a_plain_one():
 
 
 # ---- the command lines: train, resume, stage 2, compaction, test -------------------------------
-SMALL = """
-_base_ = ['{base}']
+STAGE1_EXTRA = """
 load_from = None
-train_dataloader = dict(batch_size=32, num_workers=0, persistent_workers=False,
-                        dataset=dict(indices=128, pipeline=[dict(type='PackInputs')]))
-val_dataloader = dict(batch_size=64, num_workers=0, persistent_workers=False,
-                      dataset=dict(indices=64))
-test_dataloader = val_dataloader
-default_hooks = dict(logger=dict(interval=1), checkpoint=dict(interval=1, max_keep_ckpts=-1))
-"""
-STAGE1_SMALL = SMALL + """
 max_epochs = 2
 model = dict(warmup_epochs=1, gating_interval=3, backbone=dict(block_gating='soft_l0'))
 optim_wrapper = dict(arch=dict(optimizer=dict(lr=0.05)))
@@ -398,7 +389,8 @@ train_cfg = dict(max_epochs=max_epochs, val_interval=1)
 # no end-of-search projection: the interrupted run's last epoch would get it, the full run's not
 custom_hooks = [dict(type='UVCHook', project_at_end=False)]
 """
-STAGE2_SMALL = SMALL + """
+STAGE2_EXTRA = """
+load_from = None
 model = dict(backbone=dict(block_gating='soft_l0'))
 train_cfg = dict(max_epochs=1, val_interval=1)
 """
@@ -406,23 +398,19 @@ UVC_KEYS = ('dual_', 'gate_grad', 'backbone.arch_', 'backbone.block_gates', 'bac
             'backbone.soft_l0_eps')
 
 
-def _ok(proc):
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return proc
-
 
 @pytest.fixture(scope='module')
 def stage1_runs(tmp_path_factory, data_root):
     tmp = tmp_path_factory.mktemp('uvc')
     cfg1 = tmp / 'stage1.py'
-    cfg1.write_text(STAGE1_SMALL.format(base=STAGE1))
+    cfg1.write_text(small_config(STAGE1, STAGE1_EXTRA, epochs=None))
     cfg2 = tmp / 'stage2.py'
-    cfg2.write_text(STAGE2_SMALL.format(base=STAGE2))
+    cfg2.write_text(small_config(STAGE2, STAGE2_EXTRA, epochs=None))
     full, cut = tmp / 'full', tmp / 'cut'
-    out_full = _ok(run_tool('tools/train.py', cfg1, '--work-dir', full))
-    _ok(run_tool('tools/train.py', cfg1, '--work-dir', cut, '--cfg-options',
+    out_full = ok(run_tool('tools/train.py', cfg1, '--work-dir', full))
+    ok(run_tool('tools/train.py', cfg1, '--work-dir', cut, '--cfg-options',
                  'train_cfg.max_epochs=1'))
-    out_cut = _ok(run_tool('tools/train.py', cfg1, '--work-dir', cut, '--resume'))
+    out_cut = ok(run_tool('tools/train.py', cfg1, '--work-dir', cut, '--resume'))
     return dict(tmp=tmp, cfg1=cfg1, cfg2=cfg2, full=full, cut=cut,
                 log_full=out_full.stdout + out_full.stderr,
                 log_cut=out_cut.stdout + out_cut.stderr)
@@ -459,7 +447,7 @@ def test_resume_restores_every_architecture_and_dual_variable(stage1_runs):
 def test_stage2_compaction_test_and_compact_tool(stage1_runs):
     tmp = stage1_runs['tmp']
     s2 = tmp / 's2'
-    proc = _ok(run_tool('tools/train.py', stage1_runs['cfg2'], '--work-dir', s2, '--cfg-options',
+    proc = ok(run_tool('tools/train.py', stage1_runs['cfg2'], '--work-dir', s2, '--cfg-options',
                         f"load_from={stage1_runs['full'] / 'epoch_2.pth'}"))
     log = proc.stdout + proc.stderr
     assert 'UVC compact model written' in log
@@ -467,11 +455,11 @@ def test_stage2_compaction_test_and_compact_tool(stage1_runs):
     assert compact_cfg.is_file() and compact_ckpt.is_file()
     # the compact model runs as a normal classifier
     out = tmp / 'metrics.json'
-    _ok(run_tool('tools/test.py', compact_cfg, compact_ckpt, '--work-dir', tmp / 't',
+    ok(run_tool('tools/test.py', compact_cfg, compact_ckpt, '--work-dir', tmp / 't',
                  '--out', out))
     assert 0.0 <= json.loads(out.read_text())['accuracy/top1'] <= 100.0
     # tools/compact.py --method uvc: outputs to 1e-5, measured FLOPs == the real fraction
-    _ok(run_tool('tools/compact.py', stage1_runs['cfg2'], s2 / 'epoch_1.pth', '--out',
+    ok(run_tool('tools/compact.py', stage1_runs['cfg2'], s2 / 'epoch_1.pth', '--out',
                  tmp / 'c', '--method', 'uvc', '--atol', '1e-5'))
     report = json.loads((tmp / 'c' / 'stage2_uvc.json').read_text())
     assert report['max_abs_diff'] <= 1e-5

@@ -13,7 +13,7 @@ gradients are all-reduced (DDP) and unscaled (AMP), exactly the ones the step us
   fc2 and the classifier head (regexes, configurable); init ``fixed_ERK`` / ``ERK`` /
   ``uniform`` at ``density``; masks applied after every iteration's optimizer step; every
   ``update_interval`` iterations while ``iter < stop_ratio * max_iters``: magnitude death at a
-  cosine-decayed rate, then gradient (RigL) or random growth of as many weights.
+  cosine-decayed rate, then gradient (RigL), momentum or random growth of as many weights.
 - :class:`StructuredSparseTrainingHook` (S²ViTE): heads (qkv rows) and MLP neurons (fc1 rows,
   fc2 columns); heads are pruned by first-order Taylor scores recorded by
   :class:`~mmsparse.models.SViTEVisionTransformer`'s attention and regrown by gradient L1;
@@ -300,7 +300,10 @@ class SparseTrainingHook(_DSTHook):
         layers: regexes (full match) of the parameter names to mask; each must match at least
             one parameter of 2 or more dims. Default: patch-embed conv, every qkv, proj, fc1,
             fc2, and the head of an mmpretrain ViT classifier.
-        growth: 'gradient' (RigL: largest dense-gradient magnitude) or 'random'.
+        growth: 'gradient' (RigL: largest dense-gradient magnitude of the update step's
+            mini-batch), 'momentum' (largest optimizer momentum: Adam's ``m / (sqrt(v) + eps)``
+            or SGD's momentum buffer, a gradient averaged over many steps; the masked weights'
+            moments keep accumulating because their gradients are dense) or 'random'.
         update_interval: iterations between mask updates (original: 15000 DeiT-S, 7000 DeiT-B).
         stop_ratio: no update once ``iter >= stop_ratio * max_iters`` (original ``t_end`` 0.8).
         death_rate: fraction of each layer's active weights pruned per update, at iteration 0.
@@ -319,7 +322,7 @@ class SparseTrainingHook(_DSTHook):
     KIND = 'unstructured'
     INITS = ('fixed_ERK', 'ERK', 'uniform')
     INIT_BY = ('random', 'magnitude')
-    GROWTHS = ('gradient', 'random')
+    GROWTHS = ('gradient', 'momentum', 'random')
 
     def __init__(self, density: float = 0.5, sparse_init: str = 'fixed_ERK',
                  init_by: str = 'random', layers: Sequence[str] = DEFAULT_LAYERS,
@@ -415,6 +418,8 @@ class SparseTrainingHook(_DSTHook):
     def before_train(self, runner) -> None:
         self.params = self.resolve_layers(_unwrap(runner.model))
         self.generator = self._make_generator(runner)
+        if self.growth == 'momentum':
+            self._check_momentum_optimizers(runner, self._key)
         shapes = {n: tuple(p.shape) for n, p in self.params.items()}
         if self.sparse_init == 'uniform':
             self.densities = dst.uniform_densities(shapes, self.density)
@@ -510,6 +515,8 @@ class SparseTrainingHook(_DSTHook):
             n_removed = int(old.sum()) - int(after_death.sum())
             if self.growth == 'gradient':
                 new = dst.gradient_growth(after_death, self._grads[n], n_removed)
+            elif self.growth == 'momentum':
+                new = dst.gradient_growth(after_death, self._momentum(runner, p), n_removed)
             else:
                 new = dst.random_growth(after_death, n_removed, self.generator)
             pruned += n_removed
@@ -534,6 +541,30 @@ class SparseTrainingHook(_DSTHook):
         if self.log_layers:
             runner.logger.info('SparseTrainingHook: density per layer: '
                                + self._layer_densities())
+
+    @staticmethod
+    def _check_momentum_optimizers(runner, key: str) -> None:
+        for opt in _optimizers(runner.optim_wrapper):
+            d = opt.defaults
+            if not ('betas' in d or d.get('momentum', 0) > 0):
+                raise ValueError(f"{key}.growth='momentum' needs an optimizer with a first "
+                                 f'moment (Adam, AdamW, or SGD with momentum > 0), got '
+                                 f'{type(opt).__name__}({d})')
+
+    @staticmethod
+    def _momentum(runner, p: nn.Parameter) -> Tensor:
+        """(...) the optimizer's momentum of ``p``: ``m / (sqrt(v) + eps)`` for Adam(W), the
+        momentum buffer for SGD."""
+        for opt in _optimizers(runner.optim_wrapper):
+            state = opt.state.get(p)
+            if not state:
+                continue
+            if 'exp_avg' in state:
+                return state['exp_avg'] / (state['exp_avg_sq'].sqrt() + opt.defaults['eps'])
+            if state.get('momentum_buffer') is not None:
+                return state['momentum_buffer']
+        raise RuntimeError(f"SparseTrainingHook: growth='momentum' found no optimizer moment "
+                           f'for a masked weight of shape {tuple(p.shape)}')
 
     def stats(self) -> dict:
         """Realised overall density and exploration ratio (fraction ever active)."""

@@ -134,11 +134,33 @@ class DynamicViTPredictor(BaseModule):
         x = self.in_conv(x)
         h = x.shape[-1] // 2
         glob = policy_weighted_mean(x[..., h:], policy)  # (B, 1, C - h)
+        return self.out_conv[1:](self._hidden_first(x[..., :h], glob))
+
+    def _hidden_first(self, local: Tensor, glob: Tensor) -> Tensor:
         # out_conv[0] on [local, global broadcast] without building the concatenation: the
         # global half of the product is computed once per sample instead of once per token
         fc = self.out_conv[0]
-        y = F.linear(x[..., :h], fc.weight[:, :h], fc.bias) + F.linear(glob, fc.weight[:, h:])
-        return self.out_conv[1:](y)
+        return F.linear(local, fc.weight[:, :fc.in_features // 2], fc.bias) + F.linear(
+            glob, fc.weight[:, fc.in_features // 2:])
+
+    def keep_score(self, x: Tensor) -> Tensor:
+        """Inference ranking score: ``logit(keep) - logit(drop)``, all tokens kept so far.
+
+        ``log p(keep) = -softplus(-(logit(keep) - logit(drop)))`` is increasing in this score,
+        so top-k on it keeps the same tokens as top-k on the keep log-probability, without the
+        LogSoftmax and with a one-output last layer (cheaper at batch 1).
+
+        Args:
+            x: patch tokens (B, N, C).
+
+        Returns:
+            (B, N) scores.
+        """
+        x = self.in_conv(x)
+        h = x.shape[-1] // 2
+        y = self.out_conv[1:4](self._hidden_first(x[..., :h], x[..., h:].mean(1, keepdim=True)))
+        last = self.out_conv[4]
+        return F.linear(y, last.weight[0] - last.weight[1], last.bias[0] - last.bias[1])
 
 
 @MODELS.register_module()
@@ -324,7 +346,7 @@ class DynamicVisionTransformer(VisionTransformer):
     def _scores(self, stage: int, x: Tensor) -> Tensor:
         if self.selector == 'random':
             return torch.rand(x.shape[0], x.shape[1] - 1, device=x.device)
-        return self.predictors[stage](x[:, 1:])[..., 0]
+        return self.predictors[stage].keep_score(x[:, 1:])
 
     def _format(self, x: Tensor, decision: Optional[Tensor]) -> Tensor:
         if self.out_type == 'raw':
