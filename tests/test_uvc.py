@@ -353,6 +353,8 @@ def test_compaction_equals_masked_model_and_its_flops_equal_the_resource():
     (dict(backbone=dict(out_type='avg_featmap')), 'out_type'),
     (dict(arch_precondition='newton'), 'arch_precondition'),
     (dict(gating_interval=0), 'gating_interval'),
+    (dict(least_sum_slope='prev'),
+     "model.least_sum_slope must be one of \\('next', 'nearest'\\)"),
 ])
 def test_bad_input_fails_at_build_time(kw, match):
     with pytest.raises(ValueError, match=match):

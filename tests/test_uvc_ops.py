@@ -88,6 +88,24 @@ def test_ste_ceil_forward_ceil_backward_identity():
     assert x.grad.tolist() == [1.0, 2.0, 3.0, 4.0]
 
 
+def test_least_sum_nearest_slope_changes_half_way_between_hard_architectures():
+    v = torch.tensor([[5.0, 1.0, 3.0, 2.0]])  # sorted [1, 2, 3, 5]
+    s = torch.tensor([0.0, 0.2, 0.49, 0.5, 1.0, 1.4, 1.6, 3.9], requires_grad=True)
+    vv = v.expand(len(s), -1)
+    out = least_sum(s, vv, 'nearest')
+    # the forward is the same staircase: ceil(s) smallest
+    assert out.tolist() == least_sum(s.detach(), vv).tolist() == [0, 1, 1, 1, 1, 3, 3, 11]
+    out.sum().backward()
+    # slope sort(v)[floor(s + 1/2)]: 1 below s = 0.5, 2 in [0.5, 1.5), 3 in [1.5, 2.5), ...
+    assert s.grad.tolist() == [1.0, 1.0, 1.0, 2.0, 2.0, 2.0, 3.0, 5.0]
+    # 'next' jumps at the integers, where ceil(s) changes: 1 at s = 0, 2 just above
+    s2 = torch.tensor([0.0, 0.2, 1.0, 1.4], requires_grad=True)
+    least_sum(s2, v.expand(4, -1)).sum().backward()
+    assert s2.grad.tolist() == [1.0, 2.0, 2.0, 3.0]
+    with pytest.raises(ValueError, match="slope must be one of"):
+        least_sum(s2, v.expand(4, -1), 'prev')
+
+
 def test_least_sum_forward_and_next_smallest_backward():
     v = torch.tensor([[5.0, 1.0, 3.0, 2.0], [4.0, 4.0, 1.0, 0.5]])
     s = torch.tensor([1.5, 0.0], requires_grad=True)  # ceil: 2 and 0

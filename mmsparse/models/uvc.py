@@ -36,10 +36,10 @@ from mmpretrain.models.classifiers import ImageClassifier
 from mmpretrain.models.utils import MultiheadAttention
 from torch import Tensor, nn
 
-from mmsparse.ops.uvc import (UVCMasks, ViTCost, clip_inf_norm, gate_keep_hard, gate_keep_prob,
-                              gate_keep_sample, group_flops_fractions, group_scores, least_sum,
-                              min_flops_fraction, project_grad, prox_factors,
-                              uvc_flops_fraction, uvc_masks)
+from mmsparse.ops.uvc import (LEAST_SUM_SLOPES, UVCMasks, ViTCost, clip_inf_norm, gate_keep_hard,
+                              gate_keep_prob, gate_keep_sample, group_flops_fractions,
+                              group_scores, least_sum, min_flops_fraction, project_grad,
+                              prox_factors, uvc_flops_fraction, uvc_masks)
 from mmsparse.registry import MODELS
 from ._vit_utils import vit_layer_cfgs, vit_tokens
 from .teacher import FrozenTeacherMixin
@@ -456,6 +456,11 @@ class UVCClassifier(FrozenTeacherMixin, ImageClassifier):
         resource_clip: if set, the resource residual is clamped to ``[-c, c]`` before
             differentiation (the original's ``z_grad_clip`` 0.5: where ``|FLOPs - budget| > c``
             the architecture gets no resource gradient). Default None: no clamp.
+        least_sum_slope: the derivative of the least sums w.r.t. s and r (see
+            :func:`~mmsparse.ops.uvc.least_sum`): 'next' (the original: the next group's score,
+            which jumps where ``ceil`` changes the hard architecture, so a variable whose
+            balance point lies between k and k + 1 groups toggles the hard architecture every
+            step) or 'nearest' (the slope jumps half-way, the hard architecture settles).
         **kwargs: ``ImageClassifier``'s ``pretrained``, ``train_cfg``, ``data_preprocessor``,
             ``init_cfg``.
     """
@@ -472,7 +477,8 @@ class UVCClassifier(FrozenTeacherMixin, ImageClassifier):
                  gating_interval: int = 50, dual_init: float = 1e-3,
                  arch_grad_clip: float = 1.0, arch_precondition: str = 'none',
                  score_normalize: str = 'none', resource_penalty: float = 0.0,
-                 resource_clip: Optional[float] = None, **kwargs) -> None:
+                 resource_clip: Optional[float] = None, least_sum_slope: str = 'next',
+                 **kwargs) -> None:
         if not (isinstance(budget, (int, float)) and not isinstance(budget, bool)
                 and 0.0 < budget < 1.0):
             raise ValueError(f'model.budget must be a FLOPs fraction in (0, 1), got {budget!r}')
@@ -497,6 +503,9 @@ class UVCClassifier(FrozenTeacherMixin, ImageClassifier):
         if score_normalize not in ('none', 'sum'):
             raise ValueError(f"model.score_normalize must be 'none' (the original) or 'sum', "
                              f'got {score_normalize!r}')
+        if least_sum_slope not in LEAST_SUM_SLOPES:
+            raise ValueError(f'model.least_sum_slope must be one of {LEAST_SUM_SLOPES} '
+                             f"('next' is the original), got {least_sum_slope!r}")
         if resource_clip is not None and not resource_clip > 0:
             raise ValueError(f'model.resource_clip must be None or > 0, got {resource_clip!r}')
         if neck is not None:
@@ -520,6 +529,7 @@ class UVCClassifier(FrozenTeacherMixin, ImageClassifier):
         self.score_normalize = score_normalize
         self.resource_penalty = float(resource_penalty)
         self.resource_clip = resource_clip
+        self.least_sum_slope = least_sum_slope
         self.cost = bb.cost(self._head_macs())
         reachable = min_flops_fraction(self.cost, bb.block_gating is not None)
         if self.budget < reachable:
@@ -804,9 +814,9 @@ class UVCClassifier(FrozenTeacherMixin, ImageClassifier):
         if gates is not None and not bb.warmup:
             keep = gate_keep_prob(gates, bb.block_gating, bb.gumbel_tau, float(bb.soft_l0_eps))
         return dict(
-            ls_heads=least_sum(s_heads, head_s),
-            ls_neurons=least_sum(s_neurons, neuron_s),
-            ls_dims=least_sum(r, dim_s) * masks.heads.to(r.dtype),
+            ls_heads=least_sum(s_heads, head_s, self.least_sum_slope),
+            ls_neurons=least_sum(s_neurons, neuron_s, self.least_sum_slope),
+            ls_dims=least_sum(r, dim_s, self.least_sum_slope) * masks.heads.to(r.dtype),
             flops=uvc_flops_fraction(self.cost, s_heads, s_neurons, r, masks.heads, keep))
 
     def _normalized(self, scores: Tuple[Tensor, Tensor, Tensor]) -> Tuple[Tensor, Tensor, Tensor]:

@@ -28,7 +28,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = [
-    'ste_ceil', 'least_sum', 'column_sq_norms', 'group_scores', 'keep_mask_lowest', 'UVCMasks',
+    'ste_ceil', 'least_sum', 'LEAST_SUM_SLOPES', 'column_sq_norms', 'group_scores',
+    'keep_mask_lowest', 'UVCMasks',
     'uvc_masks', 'ViTCost', 'block_macs', 'uvc_macs', 'uvc_flops_fraction',
     'group_flops_fractions', 'min_flops_fraction', 'prox_factors', 'project_grad',
     'clip_inf_norm', 'gate_keep_prob',
@@ -45,36 +46,48 @@ def ste_ceil(x: Tensor) -> Tensor:
 
 
 class _LeastSum(torch.autograd.Function):
-    """Sum of the ``ceil(s)`` smallest values of ``v``; d/ds = the next-smallest value."""
+    """Sum of the ``ceil(s)`` smallest values of ``v``; d/ds = one of the sorted values."""
 
     @staticmethod
-    def forward(ctx, s: Tensor, v: Tensor) -> Tensor:
+    def forward(ctx, s: Tensor, v: Tensor, nearest: bool) -> Tensor:
         n = v.shape[-1]
         k = torch.ceil(s.detach()).clamp(0, n).long()  # (...)
         sorted_v, _ = torch.sort(v.detach(), dim=-1)  # ascending
         csum = torch.cat([sorted_v.new_zeros(*sorted_v.shape[:-1], 1),
                           sorted_v.cumsum(-1)], dim=-1)  # (..., n + 1)
         out = csum.gather(-1, k.unsqueeze(-1)).squeeze(-1)
-        nxt = sorted_v.gather(-1, k.clamp(max=n - 1).unsqueeze(-1)).squeeze(-1)
-        ctx.save_for_backward(nxt)
+        j = torch.floor(s.detach() + 0.5).long() if nearest else k
+        slope = sorted_v.gather(-1, j.clamp(0, n - 1).unsqueeze(-1)).squeeze(-1)
+        ctx.save_for_backward(slope)
         return out
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        nxt, = ctx.saved_tensors
-        return grad * nxt, None
+        slope, = ctx.saved_tensors
+        return grad * slope, None, None
 
 
-def least_sum(s: Tensor, v: Tensor) -> Tensor:
+LEAST_SUM_SLOPES = ('next', 'nearest')
+
+
+def least_sum(s: Tensor, v: Tensor, slope: str = 'next') -> Tensor:
     """UVC's ``LeastSsum``: the sum of the ``ceil(s)`` smallest group scores.
 
     Forward: ``sum(sort(v)[:ceil(s)])``. Backward (w.r.t. ``s`` only; ``v`` is treated as data):
-    ``grad * sort(v)[ceil(s)]``, the next-smallest score, i.e. what removing one more group
-    would add (the largest score when every group is already counted).
+    ``grad * sort(v)[j]`` with
+
+    - ``slope='next'`` (the original): ``j = ceil(s)``, the next-smallest score, i.e. what
+      removing one more group would add (the largest score when every group is counted);
+    - ``slope='nearest'``: ``j = floor(s + 1/2)``. The slope changes at half-integers instead
+      of at the integers where ``ceil`` changes the hard architecture: when removing group k
+      pays (its penalty is below its FLOPs value) but removing group k + 1 does not, ``s``
+      settles around ``k + 1/2`` with ``ceil(s) = k + 1`` fixed, instead of toggling between k
+      and k + 1 groups every step (with 'next' the slope jumps exactly where ``ceil`` does).
 
     Args:
         s: (...) real number of groups to count, in [0, n].
         v: (..., n) group scores (e.g. squared column norms), >= 0.
+        slope: 'next' or 'nearest'.
 
     Returns:
         (...) the sums.
@@ -82,7 +95,9 @@ def least_sum(s: Tensor, v: Tensor) -> Tensor:
     if v.shape[:-1] != s.shape:
         raise ValueError(f'least_sum: s {tuple(s.shape)} must be v {tuple(v.shape)} without '
                          f'its last dim')
-    return _LeastSum.apply(s, v)
+    if slope not in LEAST_SUM_SLOPES:
+        raise ValueError(f'least_sum: slope must be one of {LEAST_SUM_SLOPES}, got {slope!r}')
+    return _LeastSum.apply(s, v, slope == 'nearest')
 
 
 # ----------------------------------------------------------------------------------------------
