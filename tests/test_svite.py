@@ -345,7 +345,7 @@ def test_temperature_hook_anneals_linearly():
     (dict(update_interval=0), r'SparseTrainingHook\.update_interval must be an int >= 1'),
     (dict(update_interval=-5), 'update_interval'),
     (dict(sparse_init='ERR'), r"sparse_init must be one of \('fixed_ERK', 'ERK', 'uniform'\)"),
-    (dict(growth='momentum'), 'growth must be one of'),
+    (dict(growth='magnitude'), r"growth must be one of \('gradient', 'momentum', 'random'\)"),
     (dict(layers=['(']), 'not a valid regex'),
     (dict(stop_ratio=2), 'stop_ratio'),
 ])
