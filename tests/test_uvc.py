@@ -353,6 +353,8 @@ def test_compaction_equals_masked_model_and_its_flops_equal_the_resource():
     (dict(backbone=dict(out_type='avg_featmap')), 'out_type'),
     (dict(arch_precondition='newton'), 'arch_precondition'),
     (dict(gating_interval=0), 'gating_interval'),
+    (dict(backbone=dict(train_masked='yes')), 'backbone.train_masked must be True or False'),
+    (dict(backbone=dict(eval_masked=1)), 'backbone.eval_masked must be True or False'),
     (dict(least_sum_slope='prev'),
      "model.least_sum_slope must be one of \\('next', 'nearest'\\)"),
 ])

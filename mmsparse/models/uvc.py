@@ -167,6 +167,9 @@ class UVCVisionTransformer(VisionTransformer):
                  train_masked: bool = False, **kwargs) -> None:
         self._check_args(mode, block_gating, gumbel_tau, gumbel_hard, gate_init, soft_l0_eps,
                          soft_l0_eps_decay, warmup_block_keep, patch_gating, kwargs)
+        for key, value in (('eval_masked', eval_masked), ('train_masked', train_masked)):
+            if not isinstance(value, bool):
+                raise ValueError(f'backbone.{key} must be True or False, got {value!r}')
         super().__init__(arch=arch, **kwargs)
         if self.out_indices != [self.num_layers - 1]:
             raise ValueError(f'out_indices must be -1 (the last block) for UVCVisionTransformer, '
@@ -178,8 +181,8 @@ class UVCVisionTransformer(VisionTransformer):
         self.soft_l0_eps0 = float(soft_l0_eps)
         self.soft_l0_eps_decay = float(soft_l0_eps_decay)
         self.warmup_block_keep = float(warmup_block_keep)
-        self.eval_masked = bool(eval_masked)
-        self.train_masked = bool(train_masked)
+        self.eval_masked = eval_masked
+        self.train_masked = train_masked
         self.num_heads = self.arch_settings['num_heads']
         self.mlp_dims = self.arch_settings['feedforward_channels']
         if self.embed_dims % self.num_heads:
