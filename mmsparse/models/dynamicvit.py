@@ -131,24 +131,14 @@ class DynamicViTPredictor(BaseModule):
         Returns:
             (B, N, 2) log-probabilities: channel 0 keep, channel 1 drop.
         """
-        x = self.in_conv(x)
-        h = x.shape[-1] // 2
-        glob = policy_weighted_mean(x[..., h:], policy)  # (B, 1, C - h)
-        return self.out_conv[1:](self._hidden_first(x[..., :h], glob))
-
-    def _hidden_first(self, local: Tensor, glob: Tensor) -> Tensor:
-        # out_conv[0] on [local, global broadcast] without building the concatenation: the
-        # global half of the product is computed once per sample instead of once per token
-        fc = self.out_conv[0]
-        return F.linear(local, fc.weight[:, :fc.in_features // 2], fc.bias) + F.linear(
-            glob, fc.weight[:, fc.in_features // 2:])
+        return self.out_conv[4:](self._hidden(x, policy))
 
     def keep_score(self, x: Tensor) -> Tensor:
         """Inference ranking score: ``logit(keep) - logit(drop)``, all tokens kept so far.
 
         ``log p(keep) = -softplus(-(logit(keep) - logit(drop)))`` is increasing in this score,
         so top-k on it keeps the same tokens as top-k on the keep log-probability, without the
-        LogSoftmax and with a one-output last layer (cheaper at batch 1).
+        LogSoftmax and with a one-output last layer.
 
         Args:
             x: patch tokens (B, N, C).
@@ -156,11 +146,20 @@ class DynamicViTPredictor(BaseModule):
         Returns:
             (B, N) scores.
         """
+        last = self.out_conv[4]
+        return F.linear(self._hidden(x), last.weight[0] - last.weight[1],
+                        last.bias[0] - last.bias[1])
+
+    def _hidden(self, x: Tensor, policy: Optional[Tensor] = None) -> Tensor:
+        """(B, N, C/4): ``out_conv`` up to its last linear layer, on local + global features."""
         x = self.in_conv(x)
         h = x.shape[-1] // 2
-        y = self.out_conv[1:4](self._hidden_first(x[..., :h], x[..., h:].mean(1, keepdim=True)))
-        last = self.out_conv[4]
-        return F.linear(y, last.weight[0] - last.weight[1], last.bias[0] - last.bias[1])
+        glob = policy_weighted_mean(x[..., h:], policy)  # (B, 1, C - h)
+        # out_conv[0] on [local, global broadcast] without building the concatenation: the
+        # global half of the product is computed once per sample instead of once per token
+        fc = self.out_conv[0]
+        y = F.linear(x[..., :h], fc.weight[:, :h], fc.bias) + F.linear(glob, fc.weight[:, h:])
+        return self.out_conv[1:4](y)
 
 
 @MODELS.register_module()
