@@ -13,9 +13,9 @@ import torch
 from mmengine import dist
 from mmengine.hooks import Hook
 from mmengine.logging import print_log
-from mmengine.model import is_model_wrapper
 
 from mmsparse.registry import HOOKS
+from .utils import unwrap_model
 
 __all__ = ['DynamicViTOptimHook', 'RNGStateHook']
 
@@ -63,7 +63,7 @@ class DynamicViTOptimHook(Hook):
         self._saved: List[float] = []
 
     def before_train(self, runner) -> None:
-        model = runner.model.module if is_model_wrapper(runner.model) else runner.model
+        model = unwrap_model(runner.model)
         names = {id(p): n for n, p in model.named_parameters()}
         optimizer = runner.optim_wrapper.optimizer
         self._groups = []

@@ -19,10 +19,10 @@ from typing import List, Optional, Sequence
 
 import numpy as np
 from mmengine.hooks import Hook
-from mmengine.model import is_model_wrapper
 
 from mmsparse.models.sparsevit import normalize_window_ratios
 from mmsparse.registry import HOOKS
+from .utils import unwrap_model
 
 __all__ = ['SparsityAwareAdaptationHook', 'sample_window_ratios', 'DEFAULT_CANDIDATES']
 
@@ -91,7 +91,7 @@ class SparsityAwareAdaptationHook(Hook):
     @staticmethod
     def backbone(runner):
         """The SparseViT backbone of the runner's model (unwrapping DDP and friends)."""
-        model = runner.model.module if is_model_wrapper(runner.model) else runner.model
+        model = unwrap_model(runner.model)
         backbone = getattr(model, 'backbone', model)
         if not hasattr(backbone, 'window_ratios') or not hasattr(backbone, 'depths'):
             raise TypeError(f'SparsityAwareAdaptationHook needs a backbone with window_ratios '

@@ -47,12 +47,12 @@ from typing import Dict, List, Optional, Sequence
 import torch
 from mmengine.dist import all_gather, all_reduce, broadcast, get_world_size
 from mmengine.hooks import Hook
-from mmengine.model import is_model_wrapper
 from torch import Tensor, nn
 
 import mmsparse.compaction.sparse_ckpt  # noqa: F401  registers the 'sparse://' checkpoint scheme
 from mmsparse.ops import dst
 from mmsparse.registry import HOOKS
+from .utils import unwrap_model
 
 __all__ = ['SparseTrainingHook', 'StructuredSparseTrainingHook', 'TokenSelectorTemperatureHook',
            'DEFAULT_LAYERS', 'CHECKPOINT_KEY']
@@ -68,10 +68,6 @@ DEFAULT_LAYERS = (
     r'backbone\.layers\.\d+\.ffn\.layers\.1\.weight',
     r'head\.layers\.head\.weight',
 )
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    return model.module if is_model_wrapper(model) else model
 
 
 def _optimizers(optim_wrapper) -> list:
@@ -413,10 +409,10 @@ class SparseTrainingHook(_DSTHook):
 
     # ---- hook points -------------------------------------------------------------------------
     def before_run(self, runner) -> None:
-        self.params = self.resolve_layers(_unwrap(runner.model))
+        self.params = self.resolve_layers(unwrap_model(runner.model))
 
     def before_train(self, runner) -> None:
-        self.params = self.resolve_layers(_unwrap(runner.model))
+        self.params = self.resolve_layers(unwrap_model(runner.model))
         self.generator = self._make_generator(runner)
         if self.growth == 'momentum':
             self._check_momentum_optimizers(runner, self._key)
@@ -704,10 +700,10 @@ class StructuredSparseTrainingHook(_DSTHook):
 
     # ---- hook points ------------------------------------------------------------------------
     def before_run(self, runner) -> None:
-        self.blocks = self.resolve_blocks(_unwrap(runner.model))
+        self.blocks = self.resolve_blocks(unwrap_model(runner.model))
 
     def before_train(self, runner) -> None:
-        self.blocks = self.resolve_blocks(_unwrap(runner.model))
+        self.blocks = self.resolve_blocks(unwrap_model(runner.model))
         self.generator = self._make_generator(runner)
         if self._restored is not None:
             self._restore(self._restored)
@@ -882,7 +878,7 @@ class TokenSelectorTemperatureHook(Hook):
 
     def before_run(self, runner) -> None:
         from mmsparse.models.svite import TokenSelector
-        self.selectors = [m for m in _unwrap(runner.model).modules()
+        self.selectors = [m for m in unwrap_model(runner.model).modules()
                           if isinstance(m, TokenSelector)]
         if not self.selectors:
             raise ValueError("custom_hooks.TokenSelectorTemperatureHook: the model has no token "

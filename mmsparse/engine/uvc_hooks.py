@@ -17,12 +17,13 @@ from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
 
 from mmsparse.registry import HOOKS
+from .utils import unwrap_model
 
 __all__ = ['UVCHook', 'UVCCompactHook', 'format_architecture']
 
 
 def _uvc(runner):
-    model = runner.model.module if is_model_wrapper(runner.model) else runner.model
+    model = unwrap_model(runner.model)
     from mmsparse.models.uvc import UVCClassifier
     if not isinstance(model, UVCClassifier):
         raise ValueError(f'UVC hooks need a mmsparse.UVCClassifier model, got '

@@ -21,8 +21,8 @@ from typing import Any, Callable, Dict, Optional, Tuple
 import torch
 from mmengine.config import Config
 from mmengine.dist import all_gather_object, broadcast_object_list, get_dist_info
-from mmengine.model import is_model_wrapper
 
+from mmsparse.engine.utils import unwrap_model
 from mmsparse.utils.cli import UserError
 from .evolution import Candidate, Genome
 from .latency_table import LatencyTable, build_latency_table, probe_genomes
@@ -111,11 +111,6 @@ def agree(value: Any) -> Any:
 def median_over_ranks(value: float) -> float:
     """The median of one float per rank (every rank gets the same result)."""
     return float(statistics.median(all_gather_object(float(value))))
-
-
-def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
-    """The model inside a DDP-like wrapper."""
-    return model.module if is_model_wrapper(model) else model
 
 
 def _coco_on_dataset_only(evaluator: Any, dataset: Any) -> None:

@@ -1,0 +1,10 @@
+"""What the hooks (and the search tool) share."""
+from mmengine.model import is_model_wrapper
+from torch import nn
+
+__all__ = ['unwrap_model']
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The model inside a DDP-like wrapper (``MMDistributedDataParallel`` ...), else ``model``."""
+    return model.module if is_model_wrapper(model) else model
