@@ -256,7 +256,7 @@ def fashion_part(args) -> dict:
         res['dense_finetune'] = dict(top1=top1_dft, train_s=tdf)
         log(f'dense + 2 epochs: top-1 {top1_dft:.2f}')
 
-    # latency of the three final models, interleaved
+    # latency of the final models, interleaved
     from mmsparse.analysis.report import markdown_table, profile_models
     models = {'ViT dense': dense_model, 'UVC budget 0.5 (compact)': uvc_compact}
     models.update({k: m for k, (m, _) in uniform_models.items()})

@@ -383,7 +383,6 @@ def small_dv(tmp_path_factory, data_root):
     return path, tmp
 
 
-
 def test_train_freeze_save_resume_test_visualize(small_dv, tmp_path):
     cfg, tmp = small_dv
     full, cut = tmp_path / 'full', tmp_path / 'cut'
@@ -408,7 +407,7 @@ def test_train_freeze_save_resume_test_visualize(small_dv, tmp_path):
 
     # stopped after epoch 1, then resumed: the same weights as the uninterrupted run
     ok(run_tool('tools/train.py', cfg, '--work-dir', cut, '--cfg-options',
-                 'train_cfg.max_epochs=1'))
+                'train_cfg.max_epochs=1'))
     proc = ok(run_tool('tools/train.py', cfg, '--work-dir', cut, '--resume'))
     assert 'resumed epoch: 1' in proc.stdout + proc.stderr
     resumed = load_checkpoint_file(str(cut / 'epoch_2.pth'))['state_dict']
@@ -419,7 +418,7 @@ def test_train_freeze_save_resume_test_visualize(small_dv, tmp_path):
     # test.py on the checkpoint
     metrics = tmp_path / 'metrics.json'
     ok(run_tool('tools/test.py', cfg, full / 'epoch_2.pth', '--work-dir', tmp_path / 't',
-                 '--out', metrics))
+                '--out', metrics))
     assert 0.0 <= json.loads(metrics.read_text())['accuracy/top1'] <= 100.0
 
     # the token picture of a real test image
@@ -431,7 +430,7 @@ def test_train_freeze_save_resume_test_visualize(small_dv, tmp_path):
     mmcv.imwrite(image, str(tmp_path / 'img.png'))
     picture = tmp_path / 'tokens.png'
     proc = ok(run_tool('tools/visualize_tokens.py', cfg, full / 'epoch_2.pth',
-                        tmp_path / 'img.png', '--out', picture))
+                       tmp_path / 'img.png', '--out', picture))
     assert 'kept [34, 24] of 49 patches' in proc.stdout
     drawn = mmcv.imread(str(picture))
     assert drawn.shape == (28 * 8, 3 * 28 * 8, 3)  # input + 2 stages, upscaled x8

@@ -13,7 +13,7 @@ from mmsparse.models.sparsevit import (PAPER_WINDOW_RATIOS, KeptWindows, SparseS
                                        WindowRatioError, convert_official_swin,
                                        normalize_window_ratios)
 from mmsparse.ops.windows import to_windows, token_activation, topk_windows, window_scores
-from tests.conftest import REPO, run_tool
+from tests.conftest import REPO, ok, run_tool
 
 TINY = dict(embed_dims=32, depths=[2, 2, 4, 2], num_heads=[1, 2, 4, 8], drop_path_rate=0.)
 CFG3 = PAPER_WINDOW_RATIOS['cfg3']
@@ -420,7 +420,8 @@ default_hooks = dict(checkpoint=dict(interval=2))
 
 
 def _ok(proc):
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    """The output of a successful tool run."""
+    proc = ok(proc)
     return proc.stdout + proc.stderr
 
 

@@ -206,6 +206,7 @@ def test_erk_and_magnitude_init_and_random_growth():
 
 def test_momentum_growth_regrows_where_the_adam_momentum_is_largest():
     from mmsparse.engine import SparseTrainingHook
+    from mmsparse.ops import dst
     model, _ = build_classifier()
     runner = FakeRunner(model, max_iters=6)
     hook = SparseTrainingHook(density=0.5, sparse_init='ERK', growth='momentum',
@@ -213,7 +214,7 @@ def test_momentum_growth_regrows_where_the_adam_momentum_is_largest():
     start(hook, runner)
     train(hook, runner, 2)
     before = {n: m.clone() for n, m in hook.masks.items()}
-    # the momentum the update at iteration 3 will read: replay step 3 on a copy of the state
+    # step 3 by hand, reading the momentum after the optimizer step and before the hook's update
     opt = runner.optim_wrapper.optimizer
     hook.before_train_iter(runner, runner.iter)
     x, y = batch(seed=runner.iter)
@@ -225,7 +226,6 @@ def test_momentum_growth_regrows_where_the_adam_momentum_is_largest():
     weight = p.detach().clone()
     hook.after_train_iter(runner, runner.iter)
     runner.iter += 1
-    from mmsparse.ops import dst
     new, old = hook.masks[name], before[name]
     after_death = dst.magnitude_death(weight, old, hook.history[-1]['death_rate'])
     n = int(old.sum()) - int(after_death.sum())
@@ -483,14 +483,13 @@ def _small_cfg(tmp_path, name, config, hook):
     return path
 
 
-
 def test_resume_continues_with_bit_identical_masks(tmp_path, data_root):
     cfg = _small_cfg(tmp_path, 'svite_small', 'configs/svite/'
                      'svite-vit-tiny-p4_density0.5_fashion-mnist.py', UNSTRUCTURED)
     full, cut = tmp_path / 'full', tmp_path / 'cut'
     ok(run_tool('tools/train.py', cfg, '--work-dir', full))
     ok(run_tool('tools/train.py', cfg, '--work-dir', cut, '--cfg-options',
-                 'train_cfg.max_epochs=1'))  # the same run stopped after epoch 1 ...
+                'train_cfg.max_epochs=1'))  # the same run stopped after epoch 1 ...
     proc = ok(run_tool('tools/train.py', cfg, '--work-dir', cut, '--resume'))  # ... resumed
     assert 'resumed epoch: 1' in proc.stdout + proc.stderr
     a = load_checkpoint_file(str(full / 'epoch_2.pth'))
@@ -536,7 +535,7 @@ def test_two_ranks_compute_identical_masks(tmp_path, data_root):
     cfg = _small_cfg(tmp_path, 'svite_dist', 'configs/svite/'
                      'svite-vit-tiny-p4_density0.5_fashion-mnist.py', hook)
     proc = ok(run_tool(REPO / 'tools/dist_train.sh', cfg, 2, '--work-dir', tmp_path / 'w',
-                        '--cfg-options', 'train_cfg.max_epochs=1', env=tool_env(PORT='29563')))
+                       '--cfg-options', 'train_cfg.max_epochs=1', env=tool_env(PORT='29563')))
     out = proc.stdout + proc.stderr
     assert 'GPU number: 2' in out  # = world size
     assert 'masks identical on 2 ranks after init' in out
@@ -551,7 +550,7 @@ def test_structured_training_compact_tool_and_test(tmp_path, data_root):
                      hook)
     work = tmp_path / 'w'
     ok(run_tool('tools/train.py', cfg, '--work-dir', work, '--cfg-options',
-                 'train_cfg.max_epochs=1'))
+                'train_cfg.max_epochs=1'))
     out = tmp_path / 'compact'
     proc = ok(run_tool('tools/compact.py', cfg, work / 'epoch_1.pth', '--out', out))
     assert 'num_heads: [2, 2, 2, 2, 2, 2]' in proc.stdout

@@ -21,7 +21,6 @@ def small_cls(tmp_path_factory, data_root):
     return path
 
 
-
 def _weights(path):
     return load_checkpoint_file(str(path), map_location='cpu')['state_dict']
 
@@ -31,7 +30,7 @@ def test_train_checkpoint_resume_test(small_cls, tmp_path):
     ok(run_tool('tools/train.py', small_cls, '--work-dir', full))
     # the same run, stopped after epoch 1, then resumed to epoch 2
     ok(run_tool('tools/train.py', small_cls, '--work-dir', cut, '--cfg-options',
-                 'train_cfg.max_epochs=1'))
+                'train_cfg.max_epochs=1'))
     proc = ok(run_tool('tools/train.py', small_cls, '--work-dir', cut, '--resume'))
     assert 'resumed epoch: 1' in (proc.stdout + proc.stderr)
     a, b = _weights(full / 'epoch_2.pth'), _weights(cut / 'epoch_2.pth')
@@ -43,21 +42,21 @@ def test_train_checkpoint_resume_test(small_cls, tmp_path):
 
     out = tmp_path / 'metrics.json'
     ok(run_tool('tools/test.py', small_cls, full / 'epoch_2.pth', '--work-dir', tmp_path / 't',
-                 '--out', out))
+                '--out', out))
     acc = json.loads(out.read_text())['accuracy/top1']
     assert 10.0 <= acc <= 100.0
 
     # load_from: fine-tuning starts from the trained weights
     proc = ok(run_tool('tools/train.py', small_cls, '--work-dir', tmp_path / 'ft',
-                        '--cfg-options', f'load_from={full / "epoch_2.pth"}',
-                        'train_cfg.max_epochs=1'))
+                       '--cfg-options', f'load_from={full / "epoch_2.pth"}',
+                       'train_cfg.max_epochs=1'))
     assert 'Load checkpoint from' in proc.stdout + proc.stderr
 
 
 def test_dist_train_two_processes_gloo(small_cls, tmp_path):
     proc = ok(run_tool(REPO / 'tools/dist_train.sh', small_cls, 2, '--work-dir', tmp_path,
-                        '--cfg-options', 'train_cfg.max_epochs=1',
-                        env=tool_env(PORT='29517')))
+                       '--cfg-options', 'train_cfg.max_epochs=1',
+                       env=tool_env(PORT='29517')))
     out = proc.stdout + proc.stderr
     assert 'Distributed launcher: pytorch' in out and 'GPU number: 2' in out  # = world size
     assert (tmp_path / 'epoch_1.pth').is_file()
@@ -69,8 +68,8 @@ def test_train_under_mpi(prefix, small_cls, tmp_path):
     assert shutil.which(prefix[0], path=tool_env()['PATH']), f'{prefix[0]} is not installed'
     env = tool_env(MASTER_PORT='29533', OMP_NUM_THREADS='1')
     proc = ok(run_tool('tools/train.py', small_cls, '--work-dir', tmp_path, '--launcher', 'mpi',
-                        '--cfg-options', 'train_cfg.max_epochs=1', env=env,
-                        launcher_prefix=prefix))
+                       '--cfg-options', 'train_cfg.max_epochs=1', env=env,
+                       launcher_prefix=prefix))
     out = proc.stdout + proc.stderr
     assert 'Distributed launcher: mpi' in out and 'GPU number: 2' in out  # = world size
     assert (tmp_path / 'epoch_1.pth').is_file()
@@ -84,7 +83,7 @@ def test_get_flops_and_latency_tools(tmp_path):
     assert rep['input_shape'] == [1, 1, 28, 28] and rep['flops'] > 0
     out = tmp_path / 'lat.json'
     proc = ok(run_tool('tools/measure_latency.py', DEMO_CONFIG, '--batch-sizes', 1, 4,
-                        '--warmup', 1, '--runs', 3, '--out', out))
+                       '--warmup', 1, '--runs', 3, '--out', out))
     assert 'threads:' in proc.stdout
     rep = json.loads(out.read_text())
     assert [r['batch_size'] for r in rep['results']] == [1, 4]
@@ -95,8 +94,8 @@ def test_get_flops_and_latency_tools(tmp_path):
                                            (SEG_CONFIG, 'mIoU')])
 def test_det_and_seg_configs_train_on_voc_samples(config, metric, tmp_path, data_root):
     proc = ok(run_tool('tools/train.py', config, '--work-dir', tmp_path, '--cfg-options',
-                        'train_cfg.max_epochs=1' if 'mask-rcnn' in str(config)
-                        else 'train_cfg.max_iters=2'))
+                       'train_cfg.max_epochs=1' if 'mask-rcnn' in str(config)
+                       else 'train_cfg.max_iters=2'))
     assert metric in proc.stdout + proc.stderr
     assert list(tmp_path.glob('*.pth'))
 

@@ -402,7 +402,6 @@ UVC_KEYS = ('dual_', 'gate_grad', 'backbone.arch_', 'backbone.block_gates', 'bac
             'backbone.soft_l0_eps')
 
 
-
 @pytest.fixture(scope='module')
 def stage1_runs(tmp_path_factory, data_root):
     tmp = tmp_path_factory.mktemp('uvc')
@@ -413,7 +412,7 @@ def stage1_runs(tmp_path_factory, data_root):
     full, cut = tmp / 'full', tmp / 'cut'
     out_full = ok(run_tool('tools/train.py', cfg1, '--work-dir', full))
     ok(run_tool('tools/train.py', cfg1, '--work-dir', cut, '--cfg-options',
-                 'train_cfg.max_epochs=1'))
+                'train_cfg.max_epochs=1'))
     out_cut = ok(run_tool('tools/train.py', cfg1, '--work-dir', cut, '--resume'))
     return dict(tmp=tmp, cfg1=cfg1, cfg2=cfg2, full=full, cut=cut,
                 log_full=out_full.stdout + out_full.stderr,
@@ -452,7 +451,7 @@ def test_stage2_compaction_test_and_compact_tool(stage1_runs):
     tmp = stage1_runs['tmp']
     s2 = tmp / 's2'
     proc = ok(run_tool('tools/train.py', stage1_runs['cfg2'], '--work-dir', s2, '--cfg-options',
-                        f"load_from={stage1_runs['full'] / 'epoch_2.pth'}"))
+                       f"load_from={stage1_runs['full'] / 'epoch_2.pth'}"))
     log = proc.stdout + proc.stderr
     assert 'UVC compact model written' in log
     compact_cfg, compact_ckpt = s2 / 'uvc_compact.py', s2 / 'uvc_compact.pth'
@@ -460,11 +459,11 @@ def test_stage2_compaction_test_and_compact_tool(stage1_runs):
     # the compact model runs as a normal classifier
     out = tmp / 'metrics.json'
     ok(run_tool('tools/test.py', compact_cfg, compact_ckpt, '--work-dir', tmp / 't',
-                 '--out', out))
+                '--out', out))
     assert 0.0 <= json.loads(out.read_text())['accuracy/top1'] <= 100.0
     # tools/compact.py --method uvc: outputs to 1e-5, measured FLOPs == the real fraction
     ok(run_tool('tools/compact.py', stage1_runs['cfg2'], s2 / 'epoch_1.pth', '--out',
-                 tmp / 'c', '--method', 'uvc', '--atol', '1e-5'))
+                tmp / 'c', '--method', 'uvc', '--atol', '1e-5'))
     report = json.loads((tmp / 'c' / 'stage2_uvc.json').read_text())
     assert report['max_abs_diff'] <= 1e-5
     assert report['measured_flops_fraction'] == pytest.approx(report['real_flops_fraction'],

@@ -202,8 +202,9 @@ def main() -> int:  # noqa: C901  (one linear script)
     if use_table:
         table_path = args.latency_table or os.path.join(cfg.work_dir, 'latency_table.json')
         meta = dict(method='per-gene, interleaved with all-zero', part=args.part,
-                    img_size=list(img_size), batch_size=args.batch_size, space=space.name, candidates=list(space.candidates),
-                    genes=list(space.gene_names), config=os.path.abspath(args.config),
+                    img_size=list(img_size), batch_size=args.batch_size, space=space.name,
+                    candidates=list(space.candidates), genes=list(space.gene_names),
+                    config=os.path.abspath(args.config),
                     warmup=args.warmup, runs=args.runs, world_size=world,
                     device=str(cand_runner.images.device))
         t0 = time.perf_counter()
