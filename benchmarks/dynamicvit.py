@@ -5,9 +5,10 @@
         [--dense-ckpt work_dirs/demo/vit-tiny-p4_fashion-mnist/epoch_1.pth] [--skip-accuracy]
 
 1. DeiT-S dense vs DynamicViT-DeiT-S (rho 0.7, pruning before blocks 3, 6, 9) vs the same keep
-   counts chosen at random (no predictors: what the predictors cost). FLOPs traced at batch 1;
-   eval latency at batch 1 and 32, the models timed interleaved in one run (speed-ups from the
-   same run). Weights are random: speed and FLOPs do not depend on them (fixed keep counts).
+   counts chosen by token L2 norm (plain top-k, no predictors: what the predictors cost). FLOPs
+   traced at batch 1; eval latency at batch 1 and 32, the models timed interleaved in one run
+   (speed-ups from the same run). Weights are random: speed and FLOPs do not depend on them
+   (fixed keep counts).
 2. Train-step time (forward, backward, AdamW step) at ``--train-batch``, interleaved: dense,
    DynamicViT without the teacher (masked attention + predictors), DynamicViT with the teacher
    (the full recipe: one extra dense forward per step).
@@ -42,18 +43,42 @@ def _cfg(text: str):
         return load_config(path)
 
 
+def _register_norm_topk() -> str:
+    """Register the plain top-k reference backbone; returns its registry name."""
+    from mmsparse.models.dynamicvit import DynamicVisionTransformer
+    from mmsparse.registry import MODELS
+
+    class NormTopKVisionTransformer(DynamicVisionTransformer):
+        """DynamicViT's inference path with no predictors: the kept patch tokens are those of
+        largest L2 norm (build with ``selector='random'``, which builds no predictors)."""
+
+        def _scores(self, stage, x):
+            return x[:, 1:].norm(dim=-1)  # (B, N)
+
+    MODELS.register_module(module=NormTopKVisionTransformer, force=True)
+    return 'mmsparse.NormTopKVisionTransformer'
+
+
 def deit_models(device: str) -> dict:
-    """DeiT-S dense, DynamicViT-DeiT-S, random dropping at the same keep counts."""
+    """DeiT-S dense, DynamicViT-DeiT-S, and plain top-k by token norm at the same keep counts.
+
+    The plain top-k model is the backbone without predictors whose tokens are ranked by their
+    L2 norm: the reference the predictors are measured against (what the same token pruning
+    costs with a free score).
+    """
     from mmsparse.utils import build_model
     dense = build_model(_cfg("_base_ = ['mmpretrain::deit/deit-small_4xb256_in1k.py']\n"
                              "default_scope = 'mmsparse'\n"
                              "model = dict(backbone=dict(init_cfg=None))\n"), device=device)
     dyn_text = (f"_base_ = ['{DV_DEIT_S}']\nload_from = None\n"
-                "model = dict(distill={distill}, backbone=dict(selector='{selector}'))\n")
-    dyn = build_model(_cfg(dyn_text.format(distill=True, selector='predictor')), device=device)
-    rnd = build_model(_cfg(dyn_text.format(distill=False, selector='random')), device=device)
+                "model = dict(distill={distill}, backbone=dict(type='{type}', "
+                "selector='{selector}'))\n")
+    dyn = build_model(_cfg(dyn_text.format(distill=True, type='mmsparse.DynamicVisionTransformer',
+                                           selector='predictor')), device=device)
+    norm = build_model(_cfg(dyn_text.format(distill=False, type=_register_norm_topk(),
+                                            selector='random')), device=device)
     return {'DeiT-S dense': dense, 'DynamicViT-DeiT-S rho=0.7': dyn,
-            'random drop, same keep counts': rnd}
+            'plain top-k by token norm, same keep counts': norm}
 
 
 def train_step_times(models: dict, batch: int, runs: int, device: str) -> dict:

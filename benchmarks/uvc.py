@@ -15,8 +15,8 @@ architecture is compacted and timed against the dense DeiT-S (interleaved, batch
 compacted; and uniform magnitude pruning to the same FLOPs (every block loses the same share
 of value dims per head and MLP neurons, lowest squared column norms first) fine-tuned with the
 stage-2 recipe (distillation from the same dense teacher) for one epoch (UVC's stage-2
-fine-tuning budget) and for two (UVC's stage 1 + stage 2). ``--dense-finetune`` adds the dense
-model fine-tuned for two epochs.
+fine-tuning budget) and for two (UVC's stage 1 + stage 2); ``--uniform-epochs`` picks them.
+``--dense-finetune`` adds the dense model fine-tuned for two epochs.
 
     python benchmarks/uvc.py [--part deit fashion] [--deit-steps 60] [--runs 20]
 """
@@ -199,6 +199,8 @@ def fashion_part(args) -> dict:
 
     # UVC stage 1 + stage 2 (each one pass over --train-images training images)
     subset = dict(train_dataloader=dict(dataset=dict(indices=args.train_images)))
+    if args.seed is not None:  # every training run below (stage 1, stage 2, the baselines)
+        subset['randomness'] = dict(seed=args.seed)
     s1 = osp.join(work, 'uvc_stage1')
     cfg1, r1, top1_s1, t1 = _train_test(STAGE1_CFG, s1, dense_ckpt, subset)
     real_s1 = r1.model.flops_fraction(hard=True)
@@ -224,7 +226,7 @@ def fashion_part(args) -> dict:
     # 1 epoch (UVC's stage-2 fine-tuning budget) and for 2 epochs (UVC's stage 1 + stage 2)
     target = real_s1
     uniform_models = {}
-    for epochs in (1, 2):
+    for epochs in args.uniform_epochs:
         chosen = {}
 
         def setup(runner):
@@ -238,7 +240,7 @@ def fashion_part(args) -> dict:
                                           dense_ckpt, opts, setup)
         ratio, kd, kn, frac = chosen['v']
         uni_macs = count_flops(part_module(rb.model, 'model', one), (one, )).flops
-        key = 'uniform' if epochs == 2 else 'uniform_1ep'
+        key = f'uniform_{epochs}ep'
         res[key] = dict(top1=top1_uni, epochs=epochs, ratio=ratio, dims_removed_per_head=kd,
                         neurons_removed_per_block=kn, flops_fraction=frac,
                         measured_flops_fraction=uni_macs / dense_macs, train_s=tb)
@@ -267,6 +269,8 @@ def fashion_part(args) -> dict:
         row['top1'] = top1[row['name']]
         row['flops_fraction'] = row['gflops'] / rows[0]['gflops']
     res['train_images'] = args.train_images
+    res['uniform_epochs'] = list(args.uniform_epochs)
+    res['seed'] = args.seed
     res['rows'] = rows
     res['table'] = markdown_table(rows, extra=[('top1', 'top-1 (%)', '.2f'),
                                                ('flops_fraction', 'FLOPs vs dense', '.3f')])
@@ -292,6 +296,12 @@ def main(argv=None) -> int:
     parser.add_argument('--train-images', type=int, default=60000,
                         help='training images per stage (UVC stage 1, stage 2; the baseline '
                              'gets two passes over them)')
+    parser.add_argument('--seed', type=int, default=None,
+                        help="randomness.seed of the Fashion-MNIST training runs (default: the "
+                             "configs' seed, 0)")
+    parser.add_argument('--uniform-epochs', type=int, nargs='+', default=[1, 2],
+                        help="fine-tuning epochs of the uniform-pruning baseline (1: UVC's "
+                             "stage-2 budget; 2: UVC's stage 1 + stage 2)")
     parser.add_argument('--work-dir', default='work_dirs/benchmarks/uvc')
     parser.add_argument('--out', default='benchmarks/results/uvc')
     args = parser.parse_args(argv)
@@ -321,15 +331,17 @@ def main(argv=None) -> int:
                f"difference {d['max_logit_diff']:.2e}.", '', d['table'], '']
     if 'fashion' in results:
         f = results['fashion']
+        uni = f[f"uniform_{min(f['uniform_epochs'])}ep"]
         md += ['## Fashion-MNIST (real data, 10k test images)', '',
                f"UVC stage 1 real FLOPs {f['uvc']['real_flops_stage1']:.4f} (masked model "
                f"after the search: {f['uvc']['top1_stage1_masked']:.2f} %); uniform magnitude "
-               f"pruning: {f['uniform']['dims_removed_per_head']} value dims per head and "
-               f"{f['uniform']['neurons_removed_per_block']} neurons per block removed "
-               f"({f['uniform']['flops_fraction']:.4f} FLOPs), fine-tuned with the stage-2 "
-               f"recipe for one pass over the {f['train_images']} training images (UVC's "
-               f"stage-2 fine-tuning budget) and for two (UVC's stage 1 + stage 2).", '',
-               f['table'], '']
+               f"pruning: {uni['dims_removed_per_head']} value dims per head and "
+               f"{uni['neurons_removed_per_block']} neurons per block removed "
+               f"({uni['flops_fraction']:.4f} FLOPs), fine-tuned with the stage-2 recipe for "
+               f"{' and '.join(map(str, f['uniform_epochs']))} pass(es) over the "
+               f"{f['train_images']} training images (1: UVC's stage-2 fine-tuning budget; 2: "
+               f"UVC's stage 1 + stage 2). Training seed: "
+               f"{0 if f.get('seed') is None else f['seed']}.", '', f['table'], '']
         if 'dense_finetune' in f:
             md += [f"Dense model fine-tuned 2 more epochs (the same budget): "
                    f"{f['dense_finetune']['top1']:.2f} %.", '']
