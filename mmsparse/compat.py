@@ -28,9 +28,14 @@ __all__ = ['quiet_pinned_stack_warnings', 'checkpoint_safe_globals', 'load_check
 
 
 def quiet_pinned_stack_warnings() -> None:
-    """Drop the ``pkg_resources is deprecated`` warning of the pinned stack's imports."""
+    """Drop two warnings of the pinned stack that say nothing to a user: ``pkg_resources is
+    deprecated`` (its imports) and torch's "NumPy array is not writable" on every read of the
+    MNIST / Fashion-MNIST files (mmpretrain's loader wraps the bytes it read in a tensor and
+    only reads it)."""
     warnings.filterwarnings('ignore', message='pkg_resources is deprecated',
                             category=UserWarning)
+    warnings.filterwarnings('ignore', message='The given NumPy array is not writable',
+                            category=UserWarning, module='mmpretrain.datasets.mnist')
 
 
 def checkpoint_safe_globals() -> list:

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from mmsparse.compat import load_checkpoint_file
+from mmsparse.errors import ConfigError
 from tests.conftest import DEMO_CONFIG, REPO, ok, run_tool, small_config
 
 DV_CONFIG = REPO / 'configs/dynamicvit/dynamicvit-vit-tiny-p4_fashion-mnist.py'
@@ -181,7 +182,7 @@ def test_random_selector_has_no_predictors():
     (dict(selector='norm'), r"selector must be one of"),
 ])
 def test_bad_backbone_config_fails_at_build(kw, match):
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(ConfigError, match=match):
         dyn_backbone(**kw)
 
 
@@ -228,9 +229,9 @@ def test_teacher_arch_mismatch_fails_at_build():
     teacher = dict(type='ImageClassifier', backbone=dict(type='VisionTransformer',
                    arch='deit-tiny', img_size=224, patch_size=16),
                    head=dict(type='VisionTransformerClsHead', num_classes=10, in_channels=192))
-    with pytest.raises(ValueError, match=r'teacher: backbone arch .* does not match'):
+    with pytest.raises(ConfigError, match=r'teacher: backbone arch .* does not match'):
         build(classifier_cfg(teacher=teacher))
-    with pytest.raises(ValueError, match='ratio_weight must be a number >= 0'):
+    with pytest.raises(ConfigError, match='ratio_weight must be a number >= 0'):
         build(classifier_cfg(ratio_weight=-1))
 
 

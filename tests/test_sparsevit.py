@@ -9,6 +9,7 @@ from torch import nn
 
 from mmsparse.engine.sparsevit_hooks import (DEFAULT_CANDIDATES, SparsityAwareAdaptationHook,
                                              sample_window_ratios)
+from mmsparse.errors import ConfigError
 from mmsparse.models.sparsevit import (PAPER_WINDOW_RATIOS, KeptWindows, SparseSwinTransformer,
                                        WindowRatioError, convert_official_swin,
                                        normalize_window_ratios)
@@ -314,7 +315,7 @@ def test_saa_hook_samples_per_iteration_and_restores_fixed_ratios():
                                           (dict(group_size=0), 'group_size'),
                                           (dict(seed=-1), 'seed')])
 def test_saa_hook_bad_arguments(kwargs, match):
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(ConfigError, match=match):
         SparsityAwareAdaptationHook(**kwargs)
 
 

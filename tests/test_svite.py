@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from mmsparse.compat import load_checkpoint_file
+from mmsparse.errors import ConfigError
 from tests.conftest import DEMO_CONFIG, REPO, ok, run_tool, small_config, tool_env
 
 SVITE_CONFIGS = sorted(glob.glob(str(REPO / 'configs/svite/*.py')))
@@ -99,9 +100,9 @@ def test_compact_vit_per_layer_sizes_zero_heads_and_skipped_layers():
     attn = m.layers[2].attn
     x = torch.randn(2, 5, 96)
     assert torch.equal(attn(x), attn.proj.bias.expand(2, 5, 96))
-    with pytest.raises(ValueError, match='num_heads'):
+    with pytest.raises(ConfigError, match='num_heads'):
         CompactVisionTransformer(**TINY, num_heads=[3, 3])
-    with pytest.raises(ValueError, match='skip_layers'):
+    with pytest.raises(ConfigError, match='skip_layers'):
         CompactVisionTransformer(**TINY, skip_layers=[6])
 
 
@@ -149,9 +150,9 @@ def test_token_selector_keeps_k_tokens_at_eval_and_passes_straight_through_gradi
     f_90 = count_flops(m90, (x[:1], )).flops
     f_70 = count_flops(m, (x[:1], )).flops
     assert f_70 < f_90 < f_dense
-    with pytest.raises(ValueError, match='token_keep'):
+    with pytest.raises(ConfigError, match='token_keep'):
         SViTEVisionTransformer(**TINY, token_keep=1.5)
-    with pytest.raises(ValueError, match='featmap'):
+    with pytest.raises(ConfigError, match='featmap'):
         SViTEVisionTransformer(**TINY, token_keep=0.5, out_type='featmap')
 
 
@@ -246,7 +247,7 @@ def test_momentum_growth_needs_an_optimizer_with_momentum():
     runner.optim_wrapper = OptimWrapper(torch.optim.SGD(model.parameters(), lr=0.1))
     hook = SparseTrainingHook(density=0.5, growth='momentum')
     hook.before_run(runner)
-    with pytest.raises(ValueError, match="growth='momentum' needs an optimizer"):
+    with pytest.raises(ConfigError, match="growth='momentum' needs an optimizer"):
         hook.before_train(runner)
 
 
@@ -331,9 +332,9 @@ def test_temperature_hook_anneals_linearly():
     runner.iter = 60
     half.before_train_iter(runner, 60)
     assert model.backbone.token_selector.noise_scale == 0.0
-    with pytest.raises(ValueError, match='start must be a temperature > 0'):
+    with pytest.raises(ConfigError, match='start must be a temperature > 0'):
         TokenSelectorTemperatureHook(start=0)
-    with pytest.raises(ValueError, match='noise_end must be a noise scale >= 0'):
+    with pytest.raises(ConfigError, match='noise_end must be a noise scale >= 0'):
         TokenSelectorTemperatureHook(noise_end=-1)
 
 
@@ -351,7 +352,7 @@ def test_temperature_hook_anneals_linearly():
 ])
 def test_unstructured_hook_bad_input(kwargs, match):
     from mmsparse.engine import SparseTrainingHook
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(ConfigError, match=match):
         SparseTrainingHook(**kwargs)
 
 
@@ -364,7 +365,7 @@ def test_unstructured_hook_bad_input(kwargs, match):
 ])
 def test_structured_hook_bad_input(kwargs, match):
     from mmsparse.engine import StructuredSparseTrainingHook
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(ConfigError, match=match):
         StructuredSparseTrainingHook(**kwargs)
 
 
@@ -374,17 +375,17 @@ def test_bad_input_found_when_the_model_is_known():
     model, _ = build_classifier()
     runner = FakeRunner(model, max_iters=4)
     hook = SparseTrainingHook(layers=[r'backbone\.layers\.\d+\.attn\.qkv\.weight', 'nothing'])
-    with pytest.raises(ValueError, match=r"layers: the pattern 'nothing' matches no parameter.*"
+    with pytest.raises(ConfigError, match=r"layers: the pattern 'nothing' matches no parameter.*"
                        r'backbone\.patch_embed\.projection\.weight'):
         hook.before_run(runner)
-    with pytest.raises(ValueError, match='only weights with >= 2 dims'):
+    with pytest.raises(ConfigError, match='only weights with >= 2 dims'):
         SparseTrainingHook(layers=[r'.*\.bias']).before_run(runner)
-    with pytest.raises(ValueError, match="SViTEVisionTransformer"):
+    with pytest.raises(ConfigError, match="SViTEVisionTransformer"):
         StructuredSparseTrainingHook().before_run(runner)
-    with pytest.raises(ValueError, match='no token selector'):
+    with pytest.raises(ConfigError, match='no token selector'):
         TokenSelectorTemperatureHook().before_run(runner)
     svite, _ = build_classifier('mmsparse.SViTEVisionTransformer')
-    with pytest.raises(ValueError, match=r'head_density=0.3 keeps int\(3 \* 0.3\) = 0 of 3'):
+    with pytest.raises(ConfigError, match=r'head_density=0.3 keeps int\(3 \* 0.3\) = 0 of 3'):
         StructuredSparseTrainingHook(head_density=0.3).before_run(FakeRunner(svite, 4))
 
 

@@ -122,3 +122,16 @@ def test_user_errors_are_one_clear_line(tmp_path):
     _one_error_line(run_tool('tools/train.py', DEMO_CONFIG, '--work-dir', tmp_path,
                              env=tool_env(MMSPARSE_DATA=str(tmp_path / 'nodata'))),
                     'train_dataloader.dataset.data_root', 'MMSPARSE_DATA', 'make install')
+
+
+def test_bad_config_values_are_one_clear_line(tmp_path, data_root):
+    # a model argument, checked when the Runner builds the model
+    _one_error_line(run_tool('tools/train.py', 'configs/dynamicvit/dynamicvit-vit-tiny-p4_'
+                             'fashion-mnist.py', '--work-dir', tmp_path, '--cfg-options',
+                             'model.backbone.keep_rate=1.5'),
+                    'keep_rate must be in (0, 1]', '1.5')
+    # a hook argument, checked against the model when training starts
+    _one_error_line(run_tool('tools/train.py', 'configs/svite/svite-vit-tiny-p4_density0.5_'
+                             'fashion-mnist.py', '--work-dir', tmp_path, '--cfg-options',
+                             'custom_hooks.0.layers=[nope]'),
+                    'custom_hooks.SparseTrainingHook.layers', "'nope' matches no parameter")

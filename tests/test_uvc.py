@@ -10,6 +10,7 @@ from mmpretrain.structures import DataSample
 import mmsparse  # noqa: F401
 from mmsparse.analysis import count_flops
 from mmsparse.analysis.model_parts import part_module
+from mmsparse.errors import ConfigError
 from mmsparse.compaction.uvc import compact_uvc_model, max_output_diff
 from mmsparse.compat import load_checkpoint_file
 from mmsparse.engine.uvc_optim import PresetLR, UVCOptimWrapperConstructor
@@ -270,10 +271,10 @@ def test_optim_wrapper_dict_partitions_the_parameters():
     assert owner['dual_dims'] == 'duals'
     assert set(owner) == {n for n, p in model.named_parameters()
                           if p.requires_grad or n.split('.')[-1].startswith(('arch_', 'dual_'))}
-    with pytest.raises(ValueError, match='UVCClassifier'):
+    with pytest.raises(ConfigError, match='UVCClassifier'):
         UVCOptimWrapperConstructor(dict(weights=dict(optimizer=dict(type='SGD', lr=1.))))(
             torch.nn.Linear(2, 2))
-    with pytest.raises(ValueError, match="'weights'"):
+    with pytest.raises(ConfigError, match="'weights'"):
         UVCOptimWrapperConstructor(dict(optimizer=dict(type='SGD', lr=1.)))
 
 
@@ -288,7 +289,7 @@ def test_preset_lr_really_changes_the_dual_step_size():
         wrapper.step()
         sched.step()
     assert lrs == [1.0, 1.0, 5.0, 5.0, 9.0, 9.0]
-    with pytest.raises(ValueError, match='milestones'):
+    with pytest.raises(ConfigError, match='milestones'):
         PresetLR(wrapper, milestones=[2, 1], values=[1.0, 2.0])
 
 
@@ -359,19 +360,19 @@ def test_compaction_equals_masked_model_and_its_flops_equal_the_resource():
      "model.least_sum_slope must be one of \\('next', 'nearest'\\)"),
 ])
 def test_bad_input_fails_at_build_time(kw, match):
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(ConfigError, match=match):
         build(**kw)
 
 
 def test_stage1_needs_the_uvc_optimizers_and_stage2_a_plain_one():
     model = build()
     plain = OptimWrapper(torch.optim.SGD(model.parameters(), lr=0.1))
-    with pytest.raises(ValueError, match='UVCOptimWrapperConstructor'):
+    with pytest.raises(ConfigError, match='UVCOptimWrapperConstructor'):
         model.train_step(batch(), plain)
     fixed = build(backbone=dict(mode='fixed'))
-    with pytest.raises(ValueError, match='one optimizer'):
+    with pytest.raises(ConfigError, match='one optimizer'):
         fixed.train_step(batch(), optim(model))
-    with pytest.raises(ValueError, match="stage 1"):
+    with pytest.raises(ConfigError, match="stage 1"):
         optim(fixed)
     log = fixed.train_step(batch(), OptimWrapper(torch.optim.SGD(
         [p for p in fixed.parameters() if p.requires_grad], lr=0.1)))

@@ -14,6 +14,7 @@ from mmengine import dist
 from mmengine.hooks import Hook
 from mmengine.logging import print_log
 
+from mmsparse.errors import ConfigError
 from mmsparse.registry import HOOKS
 from .utils import unwrap_model
 
@@ -49,12 +50,12 @@ class DynamicViTOptimHook(Hook):
     def __init__(self, backbone_lr_scale: float = 0.01, freeze_backbone: int = 5,
                  by_epoch: bool = True, trainable_keys: Sequence[str] = ('predictor', )) -> None:
         if not (isinstance(backbone_lr_scale, (int, float)) and backbone_lr_scale >= 0):
-            raise ValueError(f'backbone_lr_scale must be a number >= 0, got {backbone_lr_scale!r}')
+            raise ConfigError(f'backbone_lr_scale must be a number >= 0, got {backbone_lr_scale!r}')
         if not (isinstance(freeze_backbone, int) and freeze_backbone >= 0):
-            raise ValueError(f'freeze_backbone must be an int >= 0, got {freeze_backbone!r}')
+            raise ConfigError(f'freeze_backbone must be an int >= 0, got {freeze_backbone!r}')
         if isinstance(trainable_keys, str) or not trainable_keys:
-            raise ValueError(f'trainable_keys must be a non-empty list of name parts, got '
-                             f'{trainable_keys!r}')
+            raise ConfigError(f'trainable_keys must be a non-empty list of name parts, got '
+                              f'{trainable_keys!r}')
         self.backbone_lr_scale = float(backbone_lr_scale)
         self.freeze_backbone = freeze_backbone
         self.by_epoch = by_epoch
@@ -72,7 +73,7 @@ class DynamicViTOptimHook(Hook):
             kinds = {any(k in names.get(id(p), '') for k in self.trainable_keys)
                      for p in group['params']}
             if len(kinds) > 1:
-                raise ValueError(
+                raise ConfigError(
                     f'DynamicViTOptimHook: optimizer param group {i} mixes parameters matching '
                     f'trainable_keys={list(self.trainable_keys)} with backbone parameters; set '
                     f'optim_wrapper.paramwise_cfg (e.g. dict(norm_decay_mult=0.0)) so that '

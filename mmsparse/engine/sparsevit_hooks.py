@@ -20,6 +20,7 @@ from typing import List, Optional, Sequence
 import numpy as np
 from mmengine.hooks import Hook
 
+from mmsparse.errors import ConfigError
 from mmsparse.models.sparsevit import normalize_window_ratios
 from mmsparse.registry import HOOKS
 from .utils import unwrap_model
@@ -69,17 +70,17 @@ class SparsityAwareAdaptationHook(Hook):
         key = 'custom_hooks.SparsityAwareAdaptationHook'
         if isinstance(candidates, (str, bytes)) or not isinstance(candidates, Sequence) \
                 or len(candidates) == 0:
-            raise ValueError(f'{key}.candidates: expected a non-empty list of ratios in [0, 1), '
+            raise ConfigError(f'{key}.candidates: expected a non-empty list of ratios in [0, 1), '
                              f'got {candidates!r} (e.g. [0, 0.1, ..., 0.8])')
         for c in candidates:
             if isinstance(c, bool) or not isinstance(c, (int, float)) or not 0 <= c < 1:
-                raise ValueError(f'{key}.candidates: {c!r} is not a ratio in [0, 1)')
+                raise ConfigError(f'{key}.candidates: {c!r} is not a ratio in [0, 1)')
         if list(candidates) != sorted(candidates):
-            raise ValueError(f'{key}.candidates must be ascending, got {list(candidates)}')
+            raise ConfigError(f'{key}.candidates must be ascending, got {list(candidates)}')
         if not isinstance(group_size, int) or group_size < 1:
-            raise ValueError(f'{key}.group_size must be a positive int, got {group_size!r}')
+            raise ConfigError(f'{key}.group_size must be a positive int, got {group_size!r}')
         if seed is not None and (not isinstance(seed, int) or seed < 0):
-            raise ValueError(f'{key}.seed must be None or a non-negative int, got {seed!r}')
+            raise ConfigError(f'{key}.seed must be None or a non-negative int, got {seed!r}')
         self.candidates = tuple(float(c) for c in candidates)
         self.group_size = group_size
         self.seed = seed
@@ -117,9 +118,9 @@ class SparsityAwareAdaptationHook(Hook):
         backbone = self.backbone(runner)
         bad = [d for d in backbone.depths if d % self.group_size]
         if bad:
-            raise ValueError(f'custom_hooks.SparsityAwareAdaptationHook.group_size '
-                             f'{self.group_size} must divide every stage depth '
-                             f'{tuple(backbone.depths)}')
+            raise ConfigError(f'custom_hooks.SparsityAwareAdaptationHook.group_size '
+                              f'{self.group_size} must divide every stage depth '
+                              f'{tuple(backbone.depths)}')
         self._fixed = (backbone.window_ratios if self.val_ratios is None else
                        normalize_window_ratios(self.val_ratios, backbone.depths,
                                                'custom_hooks.SparsityAwareAdaptationHook.'

@@ -49,6 +49,7 @@ from mmengine.dist import all_gather, all_reduce, broadcast, get_world_size
 from mmengine.hooks import Hook
 from torch import Tensor, nn
 
+from mmsparse.errors import ConfigError
 import mmsparse.compaction.sparse_ckpt  # noqa: F401  registers the 'sparse://' checkpoint scheme
 from mmsparse.ops import dst
 from mmsparse.registry import HOOKS
@@ -88,7 +89,7 @@ def _check_number(key: str, value, low: float, high: float, low_open: bool = Tru
         ok = (value > low if low_open else value >= low) and value <= high
     if not ok:
         rng = f"{'(' if low_open else '['}{low:g}, {high:g}]"
-        raise ValueError(f'{key} must be a number in {rng}{allowed}, got {value!r}')
+        raise ConfigError(f'{key} must be a number in {rng}{allowed}, got {value!r}')
 
 
 class _DSTHook(Hook):
@@ -106,25 +107,25 @@ class _DSTHook(Hook):
         self._key = key
         if isinstance(update_interval, bool) or not isinstance(update_interval, int) \
                 or update_interval <= 0:
-            raise ValueError(f'{key}.update_interval must be an int >= 1 (iterations between '
-                             f'mask updates), got {update_interval!r}')
+            raise ConfigError(f'{key}.update_interval must be an int >= 1 (iterations between '
+                              f'mask updates), got {update_interval!r}')
         _check_number(f'{key}.stop_ratio', stop_ratio, 0.0, 1.0, low_open=False,
                       allowed=' (fraction of training after which masks stop changing)')
         _check_number(f'{key}.death_rate', death_rate, 0.0, 1.0, low_open=False)
         _check_number(f'{key}.death_rate_min', death_rate_min, 0.0, death_rate, low_open=False,
                       allowed=' (<= death_rate)')
         if death_rate_decay not in self.DECAYS:
-            raise ValueError(f'{key}.death_rate_decay must be one of {self.DECAYS}, got '
-                             f'{death_rate_decay!r}')
+            raise ConfigError(f'{key}.death_rate_decay must be one of {self.DECAYS}, got '
+                              f'{death_rate_decay!r}')
         if sync not in self.SYNCS:
-            raise ValueError(f'{key}.sync must be one of {self.SYNCS}, got {sync!r}')
+            raise ConfigError(f'{key}.sync must be one of {self.SYNCS}, got {sync!r}')
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-            raise ValueError(f'{key}.seed must be an int or None, got {seed!r}')
+            raise ConfigError(f'{key}.seed must be an int or None, got {seed!r}')
         if schedule_iters is not None and (isinstance(schedule_iters, bool)
                                            or not isinstance(schedule_iters, int)
                                            or schedule_iters <= 0):
-            raise ValueError(f'{key}.schedule_iters must be None (the run\'s max_iters) or an '
-                             f'int >= 1, got {schedule_iters!r}')
+            raise ConfigError(f'{key}.schedule_iters must be None (the run\'s max_iters) or an '
+                              f'int >= 1, got {schedule_iters!r}')
         self.schedule_iters = schedule_iters
         self.update_interval = update_interval
         self.stop_ratio = float(stop_ratio)
@@ -333,21 +334,21 @@ class SparseTrainingHook(_DSTHook):
         _check_number(f'{key}.density', density, 0.0, 1.0,
                       allowed=' (fraction of the masked weights kept)')
         if sparse_init not in self.INITS:
-            raise ValueError(f'{key}.sparse_init must be one of {self.INITS}, got '
-                             f'{sparse_init!r}')
+            raise ConfigError(f'{key}.sparse_init must be one of {self.INITS}, got '
+                              f'{sparse_init!r}')
         if init_by not in self.INIT_BY:
-            raise ValueError(f'{key}.init_by must be one of {self.INIT_BY}, got {init_by!r}')
+            raise ConfigError(f'{key}.init_by must be one of {self.INIT_BY}, got {init_by!r}')
         if growth not in self.GROWTHS:
-            raise ValueError(f'{key}.growth must be one of {self.GROWTHS}, got {growth!r}')
+            raise ConfigError(f'{key}.growth must be one of {self.GROWTHS}, got {growth!r}')
         if isinstance(layers, str) or not isinstance(layers, Sequence) or not layers:
-            raise ValueError(f'{key}.layers must be a non-empty list of regexes of parameter '
-                             f'names, got {layers!r}')
+            raise ConfigError(f'{key}.layers must be a non-empty list of regexes of parameter '
+                              f'names, got {layers!r}')
         self.patterns = []
         for p in layers:
             try:
                 self.patterns.append(re.compile(p))
             except (re.error, TypeError) as e:
-                raise ValueError(f'{key}.layers: {p!r} is not a valid regex ({e})') from None
+                raise ConfigError(f'{key}.layers: {p!r} is not a valid regex ({e})') from None
         _check_number(f'{key}.erk_power_scale', erk_power_scale, 0.0, 10.0)
         self.density = float(density)
         self.sparse_init = sparse_init
@@ -367,7 +368,7 @@ class SparseTrainingHook(_DSTHook):
         """The masked parameters of ``model`` (unwrapped), by name, in model order.
 
         Raises:
-            ValueError: if a pattern matches no parameter, or matches one with < 2 dims.
+            ConfigError: if a pattern matches no parameter, or matches one with < 2 dims.
         """
         named = dict(model.named_parameters())
         chosen: Dict[str, nn.Parameter] = {}
@@ -377,14 +378,14 @@ class SparseTrainingHook(_DSTHook):
                 candidates = [n for n, p in named.items() if p.dim() >= 2]
                 shown = ', '.join(candidates[:8]) + (f', ... ({len(candidates) - 8} more)'
                                                      if len(candidates) > 8 else '')
-                raise ValueError(f'{self._key}.layers: the pattern {pat.pattern!r} matches no '
-                                 f'parameter of the model; parameters that can be masked '
-                                 f'(>= 2 dims): {shown}')
+                raise ConfigError(f'{self._key}.layers: the pattern {pat.pattern!r} matches no '
+                                  f'parameter of the model; parameters that can be masked '
+                                  f'(>= 2 dims): {shown}')
             for n in hits:
                 if named[n].dim() < 2:
-                    raise ValueError(f'{self._key}.layers: {pat.pattern!r} matches {n!r}, '
-                                     f'which has {named[n].dim()} dim(s); only weights with '
-                                     f'>= 2 dims (linear, conv) can be masked')
+                    raise ConfigError(f'{self._key}.layers: {pat.pattern!r} matches {n!r}, '
+                                      f'which has {named[n].dim()} dim(s); only weights with '
+                                      f'>= 2 dims (linear, conv) can be masked')
                 chosen[n] = named[n]
         return {n: chosen[n] for n in named if n in chosen}
 
@@ -462,15 +463,15 @@ class SparseTrainingHook(_DSTHook):
         if names != list(self.params):
             missing = sorted(set(self.params) - set(names))
             extra = sorted(set(names) - set(self.params))
-            raise ValueError(f'{self._key}: the checkpoint\'s masks are for other layers '
-                             f'(missing: {missing[:4]}, unexpected: {extra[:4]}); check '
-                             f'{self._key}.layers')
+            raise ConfigError(f'{self._key}: the checkpoint\'s masks are for other layers '
+                              f'(missing: {missing[:4]}, unexpected: {extra[:4]}); check '
+                              f'{self._key}.layers')
         self.masks, self.fired = {}, {}
         for n, p in self.params.items():
             shape = tuple(state['shapes'][n])
             if shape != tuple(p.shape):
-                raise ValueError(f'{self._key}: the checkpoint\'s mask of {n} has shape '
-                                 f'{shape}, the model\'s weight {tuple(p.shape)}')
+                raise ConfigError(f'{self._key}: the checkpoint\'s mask of {n} has shape '
+                                  f'{shape}, the model\'s weight {tuple(p.shape)}')
             self.masks[n] = dst.unpack_mask(state['masks'][n], shape).to(p.device)
             self.fired[n] = dst.unpack_mask(state['fired'][n], shape).to(p.device)
         self.generator.set_state(state['generator'])
@@ -543,9 +544,9 @@ class SparseTrainingHook(_DSTHook):
         for opt in _optimizers(runner.optim_wrapper):
             d = opt.defaults
             if not ('betas' in d or d.get('momentum', 0) > 0):
-                raise ValueError(f"{key}.growth='momentum' needs an optimizer with a first "
-                                 f'moment (Adam, AdamW, or SGD with momentum > 0), got '
-                                 f'{type(opt).__name__}({d})')
+                raise ConfigError(f"{key}.growth='momentum' needs an optimizer with a first "
+                                  f'moment (Adam, AdamW, or SGD with momentum > 0), got '
+                                  f'{type(opt).__name__}({d})')
 
     @staticmethod
     def _momentum(runner, p: nn.Parameter) -> Tensor:
@@ -627,11 +628,11 @@ class StructuredSparseTrainingHook(_DSTHook):
                       allowed=' (fraction of MLP hidden neurons kept per layer)')
         if isinstance(score_iters, bool) or not isinstance(score_iters, int) \
                 or not 1 <= score_iters <= update_interval:
-            raise ValueError(f'{key}.score_iters must be an int in [1, update_interval='
-                             f'{update_interval}], got {score_iters!r}')
+            raise ConfigError(f'{key}.score_iters must be an int in [1, update_interval='
+                              f'{update_interval}], got {score_iters!r}')
         if neuron_growth not in ('gradient', 'random'):
-            raise ValueError(f"{key}.neuron_growth must be 'gradient' or 'random', got "
-                             f'{neuron_growth!r}')
+            raise ConfigError(f"{key}.neuron_growth must be 'gradient' or 'random', got "
+                              f'{neuron_growth!r}')
         self.neuron_growth = neuron_growth
         self.head_density = float(head_density)
         self.mlp_density = float(mlp_density)
@@ -647,7 +648,7 @@ class StructuredSparseTrainingHook(_DSTHook):
         """The encoder layers whose heads and neurons are masked.
 
         Raises:
-            ValueError: if the backbone's attention does not record head scores, or a
+            ConfigError: if the backbone's attention does not record head scores, or a
                 density keeps no head / neuron.
         """
         from mmsparse.models.compact_vit import CompactAttention
@@ -656,18 +657,18 @@ class StructuredSparseTrainingHook(_DSTHook):
         blocks = [b for b in (layers or []) if isinstance(getattr(b, 'attn', None),
                                                           CompactAttention)]
         if not blocks:
-            raise ValueError(f"{self._key} needs model.backbone.type="
-                             f"'mmsparse.SViTEVisionTransformer' (its attention records the "
-                             f"head scores), got {type(backbone).__name__}")
+            raise ConfigError(f"{self._key} needs model.backbone.type="
+                              f"'mmsparse.SViTEVisionTransformer' (its attention records the "
+                              f"head scores), got {type(backbone).__name__}")
         for b in blocks:
             h, f = b.attn.num_heads, b.ffn.layers[0][0].out_features
             if int(h * self.head_density) < 1:
-                raise ValueError(f'{self._key}.head_density={self.head_density} keeps '
-                                 f'int({h} * {self.head_density}) = 0 of {h} heads; use '
-                                 f'>= {1 / h:.3g}')
+                raise ConfigError(f'{self._key}.head_density={self.head_density} keeps '
+                                  f'int({h} * {self.head_density}) = 0 of {h} heads; use '
+                                  f'>= {1 / h:.3g}')
             if int(f * self.mlp_density) < 1:
-                raise ValueError(f'{self._key}.mlp_density={self.mlp_density} keeps no MLP '
-                                 f'neuron of {f}')
+                raise ConfigError(f'{self._key}.mlp_density={self.mlp_density} keeps no MLP '
+                                  f'neuron of {f}')
         return blocks
 
     @staticmethod
@@ -735,8 +736,8 @@ class StructuredSparseTrainingHook(_DSTHook):
         if len(heads) != len(self.blocks) or any(
                 h.numel() != b.attn.num_heads or n.numel() != self._fc(b)[0].out_features
                 for h, n, b in zip(heads, neurons, self.blocks)):
-            raise ValueError(f'{self._key}: the checkpoint\'s head / neuron masks do not fit '
-                             f'this model\'s layers')
+            raise ConfigError(f'{self._key}: the checkpoint\'s head / neuron masks do not fit '
+                              f'this model\'s layers')
         self.head_masks = [h.to(b.attn.qkv.weight.device) for h, b in zip(heads, self.blocks)]
         self.neuron_masks = [n.to(b.attn.qkv.weight.device)
                              for n, b in zip(neurons, self.blocks)]
@@ -863,12 +864,12 @@ class TokenSelectorTemperatureHook(Hook):
                  noise_end: float = 0.0, noise_until: float = 1.0) -> None:
         for name, v in (('start', start), ('end', end)):
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
-                raise ValueError(f'custom_hooks.TokenSelectorTemperatureHook.{name} must be a '
-                                 f'temperature > 0, got {v!r}')
+                raise ConfigError(f'custom_hooks.TokenSelectorTemperatureHook.{name} must be a '
+                                  f'temperature > 0, got {v!r}')
         for name, v in (('noise_start', noise_start), ('noise_end', noise_end)):
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0:
-                raise ValueError(f'custom_hooks.TokenSelectorTemperatureHook.{name} must be a '
-                                 f'noise scale >= 0, got {v!r}')
+                raise ConfigError(f'custom_hooks.TokenSelectorTemperatureHook.{name} must be a '
+                                  f'noise scale >= 0, got {v!r}')
         _check_number('custom_hooks.TokenSelectorTemperatureHook.noise_until', noise_until, 0.0,
                       1.0, allowed=' (fraction of training)')
         self.start, self.end = float(start), float(end)
@@ -881,9 +882,9 @@ class TokenSelectorTemperatureHook(Hook):
         self.selectors = [m for m in unwrap_model(runner.model).modules()
                           if isinstance(m, TokenSelector)]
         if not self.selectors:
-            raise ValueError("custom_hooks.TokenSelectorTemperatureHook: the model has no token "
-                             "selector; set model.backbone.type='mmsparse.SViTEVisionTransformer'"
-                             " and model.backbone.token_keep")
+            raise ConfigError("custom_hooks.TokenSelectorTemperatureHook: the model has no token "
+                              "selector; set model.backbone.type='mmsparse.SViTEVisionTransformer'"
+                              " and model.backbone.token_keep")
 
     def tau_at(self, it: int, max_iters: int) -> float:
         return self.start + (self.end - self.start) * min(it, max_iters) / max(max_iters, 1)

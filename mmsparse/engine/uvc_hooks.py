@@ -16,6 +16,7 @@ import torch
 from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
 
+from mmsparse.errors import ConfigError
 from mmsparse.registry import HOOKS
 from .utils import unwrap_model
 
@@ -26,8 +27,8 @@ def _uvc(runner):
     model = unwrap_model(runner.model)
     from mmsparse.models.uvc import UVCClassifier
     if not isinstance(model, UVCClassifier):
-        raise ValueError(f'UVC hooks need a mmsparse.UVCClassifier model, got '
-                         f'{type(model).__name__}')
+        raise ConfigError(f'UVC hooks need a mmsparse.UVCClassifier model, got '
+                          f'{type(model).__name__}')
     return model
 
 
@@ -59,7 +60,7 @@ class UVCHook(Hook):
     def __init__(self, log_architecture: bool = True, project_at_end: bool = True,
                  round_to: int = 1) -> None:
         if not (isinstance(round_to, int) and round_to >= 1):
-            raise ValueError(f'UVCHook.round_to must be an int >= 1, got {round_to!r}')
+            raise ConfigError(f'UVCHook.round_to must be an int >= 1, got {round_to!r}')
         self.log_architecture = log_architecture
         self.project_at_end = project_at_end
         self.round_to = round_to
@@ -138,6 +139,6 @@ class UVCCompactHook(Hook):
                                f'> {self.check_atol}')
         if self.swap_model:
             if is_model_wrapper(runner.model):
-                raise ValueError('UVCCompactHook(swap_model=True) works in single-process runs '
-                                 'only')
+                raise ConfigError('UVCCompactHook(swap_model=True) works in single-process runs '
+                                  'only')
             runner.model = compact

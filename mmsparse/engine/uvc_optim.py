@@ -26,6 +26,7 @@ from mmengine.optim.scheduler.lr_scheduler import LRSchedulerMixin
 from mmengine.optim.scheduler.param_scheduler import INF, _ParamScheduler
 from torch import nn
 
+from mmsparse.errors import ConfigError
 from mmsparse.registry import OPTIM_WRAPPER_CONSTRUCTORS, PARAM_SCHEDULERS
 
 __all__ = ['UVCOptimWrapperConstructor', 'PresetParamScheduler', 'PresetLR',
@@ -103,14 +104,14 @@ class UVCOptimWrapperConstructor:
         cfg = dict(optim_wrapper_cfg)
         unknown = sorted(set(cfg) - set(self.KEYS))
         if unknown:
-            raise ValueError(f'optim_wrapper: UVCOptimWrapperConstructor takes the keys '
-                             f'{list(self.KEYS)}, got unknown {unknown} (a single-optimizer '
-                             f"key such as 'optimizer' or 'clip_grad' belongs inside "
-                             f"'weights'; inherited ones need _delete_=True)")
+            raise ConfigError(f'optim_wrapper: UVCOptimWrapperConstructor takes the keys '
+                              f'{list(self.KEYS)}, got unknown {unknown} (a single-optimizer '
+                              f"key such as 'optimizer' or 'clip_grad' belongs inside "
+                              f"'weights'; inherited ones need _delete_=True)")
         if 'weights' not in cfg:
-            raise ValueError("optim_wrapper.weights is required (the network's optimizer, "
-                             "e.g. dict(optimizer=dict(type='AdamW', lr=1e-4, "
-                             "weight_decay=0.05)))")
+            raise ConfigError("optim_wrapper.weights is required (the network's optimizer, "
+                              "e.g. dict(optimizer=dict(type='AdamW', lr=1e-4, "
+                              "weight_decay=0.05)))")
         self.cfgs = {}
         for key in self.KEYS:
             if key == 'weights':
@@ -118,7 +119,7 @@ class UVCOptimWrapperConstructor:
             else:
                 sub = copy.deepcopy(dict(cfg.get(key) or UVC_DEFAULT_OPTIMIZERS[key]))
             if 'optimizer' not in sub:
-                raise ValueError(f'optim_wrapper.{key} needs an optimizer config')
+                raise ConfigError(f'optim_wrapper.{key} needs an optimizer config')
             sub.setdefault('type', 'OptimWrapper')
             self.cfgs[key] = sub
         if paramwise_cfg and 'paramwise_cfg' not in self.cfgs['weights']:
@@ -128,11 +129,11 @@ class UVCOptimWrapperConstructor:
         from mmsparse.models.uvc import UVCClassifier
         module = model.module if hasattr(model, 'module') else model
         if not isinstance(module, UVCClassifier):
-            raise ValueError(f'UVCOptimWrapperConstructor builds the optimizers of a '
-                             f'mmsparse.UVCClassifier, got {type(module).__name__}')
+            raise ConfigError(f'UVCOptimWrapperConstructor builds the optimizers of a '
+                              f'mmsparse.UVCClassifier, got {type(module).__name__}')
         if module.uvc_backbone.mode != 'search':
-            raise ValueError("UVCOptimWrapperConstructor is for stage 1 (backbone.mode="
-                             "'search'); a fixed architecture trains with one optimizer")
+            raise ConfigError("UVCOptimWrapperConstructor is for stage 1 (backbone.mode="
+                              "'search'); a fixed architecture trains with one optimizer")
         groups = module.arch_parameters()
         others = [p for key in ('arch', 'gates', 'duals', 'flops_dual') for p in groups[key]]
         wrappers = {}
@@ -167,11 +168,11 @@ class PresetParamScheduler(_ParamScheduler):
                  last_step: int = -1, by_epoch: bool = True, verbose: bool = False) -> None:
         milestones, values = list(milestones), [float(v) for v in values]
         if len(milestones) != len(values) or not milestones:
-            raise ValueError(f'PresetParamScheduler: milestones {milestones} and values '
-                             f'{values} must be non-empty and of the same length')
+            raise ConfigError(f'PresetParamScheduler: milestones {milestones} and values '
+                              f'{values} must be non-empty and of the same length')
         if any(b <= a for a, b in zip(milestones, milestones[1:])) or milestones[0] < 0:
-            raise ValueError(f'PresetParamScheduler: milestones must be increasing and >= 0, '
-                             f'got {milestones}')
+            raise ConfigError(f'PresetParamScheduler: milestones must be increasing and >= 0, '
+                              f'got {milestones}')
         self.presets = dict(zip(milestones, values))
         super().__init__(optimizer, param_name=param_name, begin=begin, end=end,
                          last_step=last_step, by_epoch=by_epoch, verbose=verbose)

@@ -26,6 +26,7 @@ from mmpretrain.models.backbones.vision_transformer import VisionTransformer
 from mmpretrain.models.utils import LayerScale, build_norm_layer
 from torch import Tensor, nn
 
+from mmsparse.errors import ConfigError
 from mmsparse.ops.dst import head_taylor_scores
 from mmsparse.ops.tokens import softmax_with_policy
 from mmsparse.registry import MODELS
@@ -59,8 +60,8 @@ class CompactAttention(BaseModule):
                  init_cfg: Optional[dict] = None) -> None:
         super().__init__(init_cfg=init_cfg)
         if num_heads < 0 or head_dims < 1:
-            raise ValueError(f'num_heads must be >= 0 and head_dims >= 1, got {num_heads}, '
-                             f'{head_dims}')
+            raise ConfigError(f'num_heads must be >= 0 and head_dims >= 1, got {num_heads}, '
+                              f'{head_dims}')
         self.embed_dims = embed_dims
         self.num_heads = num_heads
         self.head_dims = head_dims
@@ -182,11 +183,11 @@ def _per_layer(value: IntOrList, default: int, num_layers: int, key: str,
     elif isinstance(value, (list, tuple)) and len(value) == num_layers:
         values = list(value)
     else:
-        raise ValueError(f'{key} must be an int or a list of {num_layers} ints (one per layer), '
-                         f'got {value!r}')
+        raise ConfigError(f'{key} must be an int or a list of {num_layers} ints (one per layer), '
+                          f'got {value!r}')
     for v in values:
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < minimum:
-            raise ValueError(f'{key}: every value must be an int >= {minimum}, got {value!r}')
+            raise ConfigError(f'{key}: every value must be an int >= {minimum}, got {value!r}')
     return [int(v) for v in values]
 
 
@@ -220,7 +221,7 @@ class CompactVisionTransformer(VisionTransformer):
                                          L, 'mlp_dims', 0)
         skip = list(skip_layers or ())
         if any(isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < L for i in skip):
-            raise ValueError(f'skip_layers must be layer indices in [0, {L - 1}], got {skip!r}')
+            raise ConfigError(f'skip_layers must be layer indices in [0, {L - 1}], got {skip!r}')
         self.skip_layers = sorted(set(skip))
         cfgs = self._layer_cfgs(kwargs)
         self.layers = ModuleList([
@@ -237,8 +238,8 @@ class CompactVisionTransformer(VisionTransformer):
                               feedforward_channels=self.layer_mlp_dims)
         for cfg in cfgs:
             if cfg.pop('ffn_type', 'origin') != 'origin':
-                raise ValueError("layer_cfgs: CompactVisionTransformer supports ffn_type='origin' "
-                                 "only")
+                raise ConfigError("layer_cfgs: CompactVisionTransformer supports ffn_type='origin' "
+                                  "only")
         return cfgs
 
     def attention_layers(self) -> List[Optional[CompactAttention]]:

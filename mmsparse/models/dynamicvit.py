@@ -30,6 +30,7 @@ from mmpretrain.models.classifiers import ImageClassifier
 from mmpretrain.models.utils import MultiheadAttention
 from torch import Tensor, nn
 
+from mmsparse.errors import ConfigError
 from mmsparse.ops.tokens import (batch_index_select, cumulative_keep_ratios, gumbel_keep_decision,
                                  keep_counts, keep_ratio_loss, masked_token_mse,
                                  policy_weighted_mean, random_keep_decision, select_topk_tokens,
@@ -211,18 +212,18 @@ class DynamicVisionTransformer(VisionTransformer):
                  policy_max_gap: float = 0.0, **kwargs) -> None:
         out_type = kwargs.get('out_type', 'cls_token')
         if out_type not in self.OUT_TYPES:
-            raise ValueError(f'out_type must be one of {sorted(self.OUT_TYPES)} for '
-                             f'DynamicVisionTransformer, got {out_type!r} (pruned tokens leave '
-                             f'no feature map grid)')
+            raise ConfigError(f'out_type must be one of {sorted(self.OUT_TYPES)} for '
+                              f'DynamicVisionTransformer, got {out_type!r} (pruned tokens leave '
+                              f'no feature map grid)')
         if not kwargs.get('with_cls_token', True):
-            raise ValueError('with_cls_token must be True for DynamicVisionTransformer (the '
-                             'class token is the token that is always kept)')
+            raise ConfigError('with_cls_token must be True for DynamicVisionTransformer (the '
+                              'class token is the token that is always kept)')
         if selector not in self.SELECTORS:
-            raise ValueError(f'selector must be one of {self.SELECTORS}, got {selector!r}')
+            raise ConfigError(f'selector must be one of {self.SELECTORS}, got {selector!r}')
         if not gumbel_tau > 0:
-            raise ValueError(f'gumbel_tau must be > 0, got {gumbel_tau}')
+            raise ConfigError(f'gumbel_tau must be > 0, got {gumbel_tau}')
         if not (isinstance(policy_max_gap, (int, float)) and policy_max_gap >= 0):
-            raise ValueError(f'policy_max_gap must be a number >= 0, got {policy_max_gap!r}')
+            raise ConfigError(f'policy_max_gap must be a number >= 0, got {policy_max_gap!r}')
         self._policy_max_gap = float(policy_max_gap)
         super().__init__(arch=arch, **kwargs)
         self.pruning_loc = self._check_pruning_loc(pruning_loc, self.num_layers)
@@ -233,9 +234,9 @@ class DynamicVisionTransformer(VisionTransformer):
             self.eval_keep_counts = keep_counts(self.num_patches, self.keep_ratios)
         except ValueError as e:
             key = 'keep_ratios' if keep_ratios is not None else 'keep_rate'
-            raise ValueError(f'{key}={keep_ratios if keep_ratios is not None else keep_rate} '
-                             f'with pruning_loc={self.pruning_loc}: {e}; raise {key} or use '
-                             f'fewer pruning locations') from None
+            raise ConfigError(f'{key}={keep_ratios if keep_ratios is not None else keep_rate} '
+                              f'with pruning_loc={self.pruning_loc}: {e}; raise {key} or use '
+                              f'fewer pruning locations') from None
         self.selector = selector
         self.gumbel_tau = gumbel_tau
 
@@ -260,23 +261,23 @@ class DynamicVisionTransformer(VisionTransformer):
               and all(1 <= i <= depth - 1 for i in locs)
               and all(a < b for a, b in zip(locs, locs[1:])))
         if not ok:
-            raise ValueError(f'pruning_loc must be a non-empty list of strictly increasing '
-                             f'block indices in [1, depth-1] = [1, {depth - 1}], got '
-                             f'{pruning_loc!r}')
+            raise ConfigError(f'pruning_loc must be a non-empty list of strictly increasing '
+                              f'block indices in [1, depth-1] = [1, {depth - 1}], got '
+                              f'{pruning_loc!r}')
         return locs
 
     @staticmethod
     def _check_keep_ratios(keep_rate: float, keep_ratios: Optional[Sequence[float]],
                            num_stages: int) -> List[float]:
         if not (isinstance(keep_rate, (int, float)) and 0.0 < keep_rate <= 1.0):
-            raise ValueError(f'keep_rate must be in (0, 1], got {keep_rate!r}')
+            raise ConfigError(f'keep_rate must be in (0, 1], got {keep_rate!r}')
         if keep_ratios is None:
             return cumulative_keep_ratios(float(keep_rate), num_stages)
         ratios = list(keep_ratios)
         if (len(ratios) != num_stages or not all(0.0 < r <= 1.0 for r in ratios)
                 or any(b > a for a, b in zip(ratios, ratios[1:]))):
-            raise ValueError(f'keep_ratios must be {num_stages} non-increasing values in (0, 1] '
-                             f'(one per pruning_loc), got {keep_ratios!r}')
+            raise ConfigError(f'keep_ratios must be {num_stages} non-increasing values in (0, 1] '
+                              f'(one per pruning_loc), got {keep_ratios!r}')
         return [float(r) for r in ratios]
 
     def train(self, mode: bool = True) -> 'DynamicVisionTransformer':
@@ -403,46 +404,46 @@ class DynamicViTClassifier(FrozenTeacherMixin, ImageClassifier):
         for name, w in (('ratio_weight', ratio_weight), ('distill_weight', distill_weight),
                         ('token_distill_weight', token_distill_weight)):
             if not (isinstance(w, (int, float)) and w >= 0):
-                raise ValueError(f'{name} must be a number >= 0, got {w!r}')
+                raise ConfigError(f'{name} must be a number >= 0, got {w!r}')
         if neck is not None:
-            raise ValueError('neck must be None for DynamicViTClassifier (the head reads the '
-                             f'class token), got {neck!r}')
+            raise ConfigError('neck must be None for DynamicViTClassifier (the head reads the '
+                              f'class token), got {neck!r}')
         backbone_cfg = copy.deepcopy(backbone) if isinstance(backbone, dict) else None
         head_cfg = copy.deepcopy(head) if isinstance(head, dict) else None
         super().__init__(backbone, neck=None, head=head, **kwargs)
         if not isinstance(self.backbone, DynamicVisionTransformer):
-            raise ValueError(f'backbone.type must be mmsparse.DynamicVisionTransformer, got '
-                             f'{type(self.backbone).__name__}')
+            raise ConfigError(f'backbone.type must be mmsparse.DynamicVisionTransformer, got '
+                              f'{type(self.backbone).__name__}')
         self.ratio_weight = ratio_weight
         self.distill_weight = distill_weight
         self.token_distill_weight = token_distill_weight
         if distill and self.backbone.out_type != 'cls_token':
-            raise ValueError(f"distillation needs backbone.out_type='cls_token', got "
-                             f"{self.backbone.out_type!r} (or set distill=False)")
+            raise ConfigError(f"distillation needs backbone.out_type='cls_token', got "
+                              f"{self.backbone.out_type!r} (or set distill=False)")
         self._init_teacher(teacher, teacher_checkpoint, backbone_cfg, head_cfg, build=distill)
 
     # ---- the teacher -------------------------------------------------------------------------
     def _adapt_teacher_cfg(self, cfg: dict) -> dict:
         # the losses read the teacher's final tokens and feed its class token to its head
         if cfg.get('neck') is not None:
-            raise ValueError('model.teacher: the teacher must have neck=None')
+            raise ConfigError('model.teacher: the teacher must have neck=None')
         cfg['backbone'] = dict(cfg['backbone'], out_type='raw', out_indices=-1)
         return cfg
 
     def _check_teacher(self, model: nn.Module) -> None:
         tb, sb = getattr(model, 'backbone', None), self.backbone
         if not isinstance(tb, VisionTransformer) or isinstance(tb, DynamicVisionTransformer):
-            raise ValueError(f'model.teacher: backbone must be a dense (mmpretrain) '
-                             f'VisionTransformer, got {type(tb).__name__}')
+            raise ConfigError(f'model.teacher: backbone must be a dense (mmpretrain) '
+                              f'VisionTransformer, got {type(tb).__name__}')
         keys = ('embed_dims', 'num_layers', 'num_heads', 'feedforward_channels')
         t_arch = {k: tb.arch_settings.get(k) for k in keys}
         s_arch = {k: sb.arch_settings.get(k) for k in keys}
         if t_arch != s_arch or tuple(tb.patch_resolution) != tuple(sb.patch_resolution):
-            raise ValueError(f'model.teacher: backbone arch {t_arch} with patch grid '
-                             f'{tuple(tb.patch_resolution)} does not match the student\'s '
-                             f'{s_arch} with {tuple(sb.patch_resolution)}; the teacher must be '
-                             f'the dense model of the same arch (e.g. arch=\'deit-small\' for '
-                             f'DynamicViT-DeiT-S), or leave teacher=None')
+            raise ConfigError(f'model.teacher: backbone arch {t_arch} with patch grid '
+                              f'{tuple(tb.patch_resolution)} does not match the student\'s '
+                              f'{s_arch} with {tuple(sb.patch_resolution)}; the teacher must be '
+                              f'the dense model of the same arch (e.g. arch=\'deit-small\' for '
+                              f'DynamicViT-DeiT-S), or leave teacher=None')
         super()._check_teacher(model)
 
     def _student_dense_state(self) -> Dict[str, Tensor]:

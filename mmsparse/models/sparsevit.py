@@ -39,6 +39,7 @@ from mmengine.runner.checkpoint import CheckpointLoader
 from mmengine.utils import to_2tuple
 from torch import Tensor
 
+from mmsparse.errors import ConfigError
 from mmsparse.ops.windows import (from_windows, gather_tokens, kept_token_positions,
                                   num_kept_windows, scatter_tokens, shifted_window_attn_mask,
                                   to_windows, token_activation, topk_windows, window_scores,
@@ -61,7 +62,7 @@ _EXAMPLE = ('e.g. [[0.7, 0.7], [0, 0], [0.2, 0.2, 0.4, 0.4, 0.5, 0.5], [0, 0]] f
             '(2, 2, 6, 2)')
 
 
-class WindowRatioError(ValueError):
+class WindowRatioError(ConfigError):
     """A ``window_ratios`` value that does not fit the backbone (raised at build / set time)."""
 
 
@@ -484,8 +485,8 @@ class SparseSwinTransformer(BaseModule):
         # validate before building anything big
         depths = tuple(int(d) for d in depths)
         if len(num_heads) != len(depths):
-            raise ValueError(f'num_heads {tuple(num_heads)} must have one entry per stage of '
-                             f'depths {depths}')
+            raise ConfigError(f'num_heads {tuple(num_heads)} must have one entry per stage of '
+                              f'depths {depths}')
         ratios = normalize_window_ratios(window_ratios, depths, 'model.backbone.window_ratios')
 
         num_layers = len(depths)

@@ -34,6 +34,7 @@ import torch
 from mmengine.model import BaseModule
 from torch import Tensor, nn
 
+from mmsparse.errors import ConfigError
 from mmsparse.ops.token_select import gumbel_topk_st, token_keep_count, topk_indices
 from mmsparse.registry import MODELS
 from ._vit_utils import vit_tokens
@@ -64,10 +65,10 @@ class TokenSelector(BaseModule):
                  train_mode: str = 'mask', init_cfg: Optional[dict] = None) -> None:
         super().__init__(init_cfg=init_cfg)
         if train_mode not in self.TRAIN_MODES:
-            raise ValueError(f'token_train_mode must be one of {self.TRAIN_MODES}, got '
-                             f'{train_mode!r}')
+            raise ConfigError(f'token_train_mode must be one of {self.TRAIN_MODES}, got '
+                              f'{train_mode!r}')
         if not (isinstance(tau, (int, float)) and tau > 0):
-            raise ValueError(f'token_tau must be > 0, got {tau!r}')
+            raise ConfigError(f'token_tau must be > 0, got {tau!r}')
         self.keep = keep
         self.tau = float(tau)
         self.noise_scale = 1.0  # set with tau by TokenSelectorTemperatureHook
@@ -135,12 +136,12 @@ class SViTEVisionTransformer(CompactVisionTransformer):
         if token_keep is not None:
             out_type = kwargs.get('out_type', 'cls_token')
             if out_type == 'featmap':
-                raise ValueError("out_type='featmap' is not possible with token_keep (removed "
-                                 "tokens leave no feature-map grid); use 'cls_token', 'raw' or "
-                                 "'avg_featmap'")
+                raise ConfigError("out_type='featmap' is not possible with token_keep (removed "
+                                  "tokens leave no feature-map grid); use 'cls_token', 'raw' or "
+                                  "'avg_featmap'")
             if not kwargs.get('with_cls_token', True):
-                raise ValueError('with_cls_token must be True with token_keep (the class token '
-                                 'is the token that is always kept)')
+                raise ConfigError('with_cls_token must be True with token_keep (the class token '
+                                  'is the token that is always kept)')
         super().__init__(arch=arch, **kwargs)
         self.token_selector = None
         if token_keep is not None:
@@ -148,8 +149,8 @@ class SViTEVisionTransformer(CompactVisionTransformer):
             try:
                 token_keep_count(num_patches, token_keep)
             except ValueError as e:
-                raise ValueError(f'model.backbone.token_keep: {e} (this model has '
-                                 f'{num_patches} patch tokens)') from None
+                raise ConfigError(f'model.backbone.token_keep: {e} (this model has '
+                                  f'{num_patches} patch tokens)') from None
             self.token_selector = TokenSelector(self.embed_dims, token_keep, tau=token_tau,
                                                 train_mode=token_train_mode)
 

@@ -13,6 +13,7 @@ from typing import Dict, Optional, Sequence, Union
 from mmengine.logging import print_log
 from torch import Tensor, nn
 
+from mmsparse.errors import ConfigError
 from mmsparse.registry import MODELS
 
 __all__ = ['FrozenTeacherMixin']
@@ -87,8 +88,8 @@ class FrozenTeacherMixin:
                        head_cfg: Optional[dict]) -> nn.Module:
         if teacher is None:
             if backbone_cfg is None or head_cfg is None:
-                raise ValueError('model.teacher: give a teacher config when backbone and head '
-                                 'are modules rather than config dicts')
+                raise ConfigError('model.teacher: give a teacher config when backbone and head '
+                                  'are modules rather than config dicts')
             bb = {k: v for k, v in backbone_cfg.items() if k not in self._student_only_keys}
             bb.update(type='mmpretrain.VisionTransformer', init_cfg=None)
             cfg = dict(type='mmpretrain.ImageClassifier', backbone=bb, head=head_cfg)
@@ -99,8 +100,8 @@ class FrozenTeacherMixin:
             cfg = copy.deepcopy(teacher)
             cfg = cfg.to_dict() if hasattr(cfg, 'to_dict') else cfg
         else:
-            raise ValueError(f'model.teacher must be None, a model config dict or a config file '
-                             f'path, got {type(teacher).__name__}')
+            raise ConfigError(f'model.teacher must be None, a model config dict or a config file '
+                              f'path, got {type(teacher).__name__}')
         cfg = self._adapt_teacher_cfg(cfg)
         cfg.setdefault('_scope_', 'mmpretrain')
         cfg['data_preprocessor'] = dict(type='mmpretrain.ClsDataPreprocessor')
@@ -116,12 +117,12 @@ class FrozenTeacherMixin:
         return cfg
 
     def _check_teacher(self, model: nn.Module) -> None:
-        """Raise a ValueError if the built teacher does not fit the student."""
+        """Raise a ConfigError if the built teacher does not fit the student."""
         t_cls = getattr(getattr(model, 'head', None), 'num_classes', None)
         s_cls = getattr(self.head, 'num_classes', None)
         if t_cls != s_cls:
-            raise ValueError(f'model.teacher: head.num_classes {t_cls} does not match the '
-                             f"student's {s_cls}")
+            raise ConfigError(f'model.teacher: head.num_classes {t_cls} does not match the '
+                              f"student's {s_cls}")
 
     def _apply(self, fn, recurse: bool = True):
         super()._apply(fn, recurse)
@@ -145,9 +146,9 @@ class FrozenTeacherMixin:
         sd = {k: v for k, v in sd.items() if k in own}
         missing = sorted(k for k in own if k.startswith(('backbone.', 'head.')) and k not in sd)
         if missing:
-            raise ValueError(f'model.teacher_checkpoint {filename}: missing {len(missing)} '
-                             f'teacher weights, e.g. {missing[:3]} (expected a checkpoint of a '
-                             f'classifier of the teacher\'s arch)')
+            raise ConfigError(f'model.teacher_checkpoint {filename}: missing {len(missing)} '
+                              f'teacher weights, e.g. {missing[:3]} (expected a checkpoint of a '
+                              f'classifier of the teacher\'s arch)')
         self.teacher.load_state_dict(sd, strict=False)
         self._teacher_ready = True
         print_log(f'{self._teacher_name} teacher loaded from {filename}', logger='current')

@@ -36,6 +36,7 @@ from mmpretrain.models.classifiers import ImageClassifier
 from mmpretrain.models.utils import MultiheadAttention
 from torch import Tensor, nn
 
+from mmsparse.errors import ConfigError
 from mmsparse.ops.uvc import (LEAST_SUM_SLOPES, UVCMasks, ViTCost, clip_inf_norm, gate_keep_hard,
                               gate_keep_prob, gate_keep_sample, group_flops_fractions,
                               group_scores, least_sum, min_flops_fraction, project_grad,
@@ -98,7 +99,7 @@ class UVCEncoderLayer(TransformerEncoderLayer):
             proj_drop=drop_rate, dropout_layer=dict(type='DropPath', drop_prob=drop_path_rate),
             qkv_bias=qkv_bias, layer_scale_init_value=layer_scale_init_value)
         if len(self.ffn.layers) != 3:
-            raise ValueError('UVCEncoderLayer needs a 2-layer FFN (num_fcs=2)')
+            raise ConfigError('UVCEncoderLayer needs a 2-layer FFN (num_fcs=2)')
 
     def forward(self, x: Tensor, v_mask: Optional[Tensor] = None,
                 neuron_mask: Optional[Tensor] = None) -> Tensor:
@@ -169,11 +170,11 @@ class UVCVisionTransformer(VisionTransformer):
                          soft_l0_eps_decay, warmup_block_keep, patch_gating, kwargs)
         for key, value in (('eval_masked', eval_masked), ('train_masked', train_masked)):
             if not isinstance(value, bool):
-                raise ValueError(f'backbone.{key} must be True or False, got {value!r}')
+                raise ConfigError(f'backbone.{key} must be True or False, got {value!r}')
         super().__init__(arch=arch, **kwargs)
         if self.out_indices != [self.num_layers - 1]:
-            raise ValueError(f'out_indices must be -1 (the last block) for UVCVisionTransformer, '
-                             f'got {kwargs.get("out_indices")!r}')
+            raise ConfigError(f'out_indices must be -1 (the last block) for UVCVisionTransformer, '
+                              f'got {kwargs.get("out_indices")!r}')
         self.mode = mode
         self.block_gating = block_gating
         self.gumbel_tau = float(gumbel_tau)
@@ -186,8 +187,8 @@ class UVCVisionTransformer(VisionTransformer):
         self.num_heads = self.arch_settings['num_heads']
         self.mlp_dims = self.arch_settings['feedforward_channels']
         if self.embed_dims % self.num_heads:
-            raise ValueError(f'embed_dims {self.embed_dims} must be divisible by num_heads '
-                             f'{self.num_heads}')
+            raise ConfigError(f'embed_dims {self.embed_dims} must be divisible by num_heads '
+                              f'{self.num_heads}')
         self.head_dims = self.embed_dims // self.num_heads
         self.num_patches = self.patch_resolution[0] * self.patch_resolution[1]
         # True while the classifier runs the warm-up epochs (gates frozen, fixed block weight)
@@ -218,45 +219,45 @@ class UVCVisionTransformer(VisionTransformer):
     def _check_args(cls, mode, block_gating, gumbel_tau, gumbel_hard, gate_init, soft_l0_eps,
                     soft_l0_eps_decay, warmup_block_keep, patch_gating, kwargs) -> None:
         if mode not in cls.MODES:
-            raise ValueError(f"backbone.mode must be 'search' (stage 1) or 'fixed' (stage 2), "
-                             f'got {mode!r}')
+            raise ConfigError(f"backbone.mode must be 'search' (stage 1) or 'fixed' (stage 2), "
+                              f'got {mode!r}')
         if block_gating not in cls.GATINGS:
-            raise ValueError(f"backbone.block_gating must be 'gumbel', 'soft_l0' or None, got "
-                             f'{block_gating!r}')
+            raise ConfigError(f"backbone.block_gating must be 'gumbel', 'soft_l0' or None, got "
+                              f'{block_gating!r}')
         if not (isinstance(gumbel_tau, (int, float)) and gumbel_tau > 0):
-            raise ValueError(f'backbone.gumbel_tau must be > 0, got {gumbel_tau!r}')
+            raise ConfigError(f'backbone.gumbel_tau must be > 0, got {gumbel_tau!r}')
         if gumbel_hard and block_gating != 'gumbel':
-            raise ValueError(f"backbone.gumbel_hard=True contradicts block_gating="
-                             f"{block_gating!r}: hard Gumbel samples need block_gating='gumbel'")
+            raise ConfigError(f"backbone.gumbel_hard=True contradicts block_gating="
+                              f"{block_gating!r}: hard Gumbel samples need block_gating='gumbel'")
         if gumbel_hard and mode == 'fixed':
-            raise ValueError("backbone.gumbel_hard=True contradicts mode='fixed': a fixed "
-                             "architecture runs or skips each block deterministically")
+            raise ConfigError("backbone.gumbel_hard=True contradicts mode='fixed': a fixed "
+                              "architecture runs or skips each block deterministically")
         if not (isinstance(soft_l0_eps, (int, float)) and soft_l0_eps > 0):
-            raise ValueError(f'backbone.soft_l0_eps must be > 0, got {soft_l0_eps!r}')
+            raise ConfigError(f'backbone.soft_l0_eps must be > 0, got {soft_l0_eps!r}')
         if not (isinstance(soft_l0_eps_decay, (int, float)) and 0 < soft_l0_eps_decay <= 1):
-            raise ValueError(f'backbone.soft_l0_eps_decay must be in (0, 1], got '
-                             f'{soft_l0_eps_decay!r}')
+            raise ConfigError(f'backbone.soft_l0_eps_decay must be in (0, 1], got '
+                              f'{soft_l0_eps_decay!r}')
         if not (isinstance(warmup_block_keep, (int, float)) and 0 < warmup_block_keep <= 1):
-            raise ValueError(f'backbone.warmup_block_keep must be in (0, 1], got '
-                             f'{warmup_block_keep!r}')
+            raise ConfigError(f'backbone.warmup_block_keep must be in (0, 1], got '
+                              f'{warmup_block_keep!r}')
         if block_gating is None and warmup_block_keep != 1.0:
-            raise ValueError(f'backbone.warmup_block_keep={warmup_block_keep} contradicts '
-                             f'block_gating=None (without gates every block always runs)')
+            raise ConfigError(f'backbone.warmup_block_keep={warmup_block_keep} contradicts '
+                              f'block_gating=None (without gates every block always runs)')
         if len(tuple(gate_init)) != 2:
-            raise ValueError(f'backbone.gate_init must be (skip, run) logits, got {gate_init!r}')
+            raise ConfigError(f'backbone.gate_init must be (skip, run) logits, got {gate_init!r}')
         if patch_gating and mode == 'fixed':
-            raise ValueError("backbone.patch_gating=True contradicts mode='fixed': patch gating "
-                             "is a stage-1 device (the original drops it in stage 2) and cannot "
-                             "be compacted")
+            raise ConfigError("backbone.patch_gating=True contradicts mode='fixed': patch gating "
+                              "is a stage-1 device (the original drops it in stage 2) and cannot "
+                              "be compacted")
         if kwargs.get('out_type', 'cls_token') != 'cls_token':
-            raise ValueError(f"backbone.out_type must be 'cls_token' for UVC, got "
-                             f"{kwargs['out_type']!r}")
+            raise ConfigError(f"backbone.out_type must be 'cls_token' for UVC, got "
+                              f"{kwargs['out_type']!r}")
         if not kwargs.get('with_cls_token', True):
-            raise ValueError('backbone.with_cls_token must be True for UVC')
+            raise ConfigError('backbone.with_cls_token must be True for UVC')
         if kwargs.get('layer_scale_init_value', 0.):
-            raise ValueError('backbone.layer_scale_init_value must be 0 for UVC (DeiT layout)')
+            raise ConfigError('backbone.layer_scale_init_value must be 0 for UVC (DeiT layout)')
         if kwargs.get('pre_norm', False):
-            raise ValueError('backbone.pre_norm must be False for UVC (DeiT layout)')
+            raise ConfigError('backbone.pre_norm must be False for UVC (DeiT layout)')
 
     # ---- architecture ------------------------------------------------------------------------
     @property
@@ -340,9 +341,9 @@ class UVCVisionTransformer(VisionTransformer):
         for i in range(self.num_layers):
             heads = self.mask_heads[i].bool()
             rows.append(dict(block=i, runs=bool(self.mask_blocks[i] > 0),
-                             heads=int(heads.sum()),
-                             v_dims=[int(d) for d in self.mask_dims[i].sum(-1)[heads]],
-                             neurons=int(self.mask_neurons[i].sum())))
+                              heads=int(heads.sum()),
+                              v_dims=[int(d) for d in self.mask_dims[i].sum(-1)[heads]],
+                              neurons=int(self.mask_neurons[i].sum())))
         return rows
 
     # ---- forward -----------------------------------------------------------------------------
@@ -484,43 +485,43 @@ class UVCClassifier(FrozenTeacherMixin, ImageClassifier):
                  **kwargs) -> None:
         if not (isinstance(budget, (int, float)) and not isinstance(budget, bool)
                 and 0.0 < budget < 1.0):
-            raise ValueError(f'model.budget must be a FLOPs fraction in (0, 1), got {budget!r}')
+            raise ConfigError(f'model.budget must be a FLOPs fraction in (0, 1), got {budget!r}')
         if not (isinstance(warmup_epochs, int) and warmup_epochs >= 0):
-            raise ValueError(f'model.warmup_epochs must be an int >= 0, got {warmup_epochs!r}')
+            raise ConfigError(f'model.warmup_epochs must be an int >= 0, got {warmup_epochs!r}')
         if not (isinstance(gating_interval, int) and gating_interval >= 1):
-            raise ValueError(f'model.gating_interval must be an int >= 1, got '
-                             f'{gating_interval!r}')
+            raise ConfigError(f'model.gating_interval must be an int >= 1, got '
+                              f'{gating_interval!r}')
         for name, v in (('distill_alpha', distill_alpha), ('gating_weight', gating_weight),
                         ('dual_init', dual_init), ('resource_penalty', resource_penalty)):
             if not (isinstance(v, (int, float)) and v >= 0):
-                raise ValueError(f'model.{name} must be a number >= 0, got {v!r}')
+                raise ConfigError(f'model.{name} must be a number >= 0, got {v!r}')
         if not distill_alpha <= 1:
-            raise ValueError(f'model.distill_alpha must be in [0, 1], got {distill_alpha!r}')
+            raise ConfigError(f'model.distill_alpha must be in [0, 1], got {distill_alpha!r}')
         if not (isinstance(distill_tau, (int, float)) and distill_tau > 0):
-            raise ValueError(f'model.distill_tau must be > 0, got {distill_tau!r}')
+            raise ConfigError(f'model.distill_tau must be > 0, got {distill_tau!r}')
         if not (isinstance(arch_grad_clip, (int, float)) and arch_grad_clip > 0):
-            raise ValueError(f'model.arch_grad_clip must be > 0, got {arch_grad_clip!r}')
+            raise ConfigError(f'model.arch_grad_clip must be > 0, got {arch_grad_clip!r}')
         if arch_precondition not in ('none', 'flops'):
-            raise ValueError(f"model.arch_precondition must be 'none' (the original) or 'flops', "
-                             f'got {arch_precondition!r}')
+            raise ConfigError(f"model.arch_precondition must be 'none' (the original) or 'flops', "
+                              f'got {arch_precondition!r}')
         if score_normalize not in ('none', 'sum'):
-            raise ValueError(f"model.score_normalize must be 'none' (the original) or 'sum', "
-                             f'got {score_normalize!r}')
+            raise ConfigError(f"model.score_normalize must be 'none' (the original) or 'sum', "
+                              f'got {score_normalize!r}')
         if least_sum_slope not in LEAST_SUM_SLOPES:
-            raise ValueError(f'model.least_sum_slope must be one of {LEAST_SUM_SLOPES} '
-                             f"('next' is the original), got {least_sum_slope!r}")
+            raise ConfigError(f'model.least_sum_slope must be one of {LEAST_SUM_SLOPES} '
+                              f"('next' is the original), got {least_sum_slope!r}")
         if resource_clip is not None and not resource_clip > 0:
-            raise ValueError(f'model.resource_clip must be None or > 0, got {resource_clip!r}')
+            raise ConfigError(f'model.resource_clip must be None or > 0, got {resource_clip!r}')
         if neck is not None:
-            raise ValueError(f'model.neck must be None for UVCClassifier (the head reads the '
-                             f'class token), got {neck!r}')
+            raise ConfigError(f'model.neck must be None for UVCClassifier (the head reads the '
+                              f'class token), got {neck!r}')
         backbone_cfg = copy.deepcopy(backbone) if isinstance(backbone, dict) else None
         head_cfg = copy.deepcopy(head) if isinstance(head, dict) else None
         super().__init__(backbone, neck=None, head=head, **kwargs)
         bb = self.backbone
         if not isinstance(bb, UVCVisionTransformer):
-            raise ValueError(f'model.backbone.type must be mmsparse.UVCVisionTransformer, got '
-                             f'{type(bb).__name__}')
+            raise ConfigError(f'model.backbone.type must be mmsparse.UVCVisionTransformer, got '
+                              f'{type(bb).__name__}')
         self.budget = float(budget)
         self.warmup_epochs = warmup_epochs
         self.distill_alpha = float(distill_alpha) if distill else 0.0
@@ -536,7 +537,7 @@ class UVCClassifier(FrozenTeacherMixin, ImageClassifier):
         self.cost = bb.cost(self._head_macs())
         reachable = min_flops_fraction(self.cost, bb.block_gating is not None)
         if self.budget < reachable:
-            raise ValueError(
+            raise ConfigError(
                 f'model.budget={budget} is below what the structure can reach: at least '
                 f'{reachable:.4f} of the dense FLOPs (every block keeps >= 1 head, 1 value dim '
                 f'per head and 1 neuron' + ('' if bb.block_gating is not None else
@@ -719,7 +720,7 @@ class UVCClassifier(FrozenTeacherMixin, ImageClassifier):
         bb = self.uvc_backbone
         if bb.mode == 'fixed':
             if isinstance(optim_wrapper, OptimWrapperDict):
-                raise ValueError("optim_wrapper: a fixed-architecture (stage 2) UVC model trains "
+                raise ConfigError("optim_wrapper: a fixed-architecture (stage 2) UVC model trains "
                                  "with one optimizer; do not use UVCOptimWrapperConstructor")
             return super().train_step(data, optim_wrapper)
         self._check_optim_wrapper(optim_wrapper)
@@ -776,15 +777,15 @@ class UVCClassifier(FrozenTeacherMixin, ImageClassifier):
 
     def _check_optim_wrapper(self, optim_wrapper) -> None:
         if not isinstance(optim_wrapper, OptimWrapperDict):
-            raise ValueError('optim_wrapper: UVC stage 1 (backbone.mode="search") needs '
-                             "optim_wrapper=dict(constructor='UVCOptimWrapperConstructor', ...) "
-                             f'(an OptimWrapperDict), got {type(optim_wrapper).__name__}')
+            raise ConfigError('optim_wrapper: UVC stage 1 (backbone.mode="search") needs '
+                              "optim_wrapper=dict(constructor='UVCOptimWrapperConstructor', ...) "
+                              f'(an OptimWrapperDict), got {type(optim_wrapper).__name__}')
         need = [k for k in UVC_OPTIMIZERS
                 if k != 'gates' or self.uvc_backbone.block_gating is not None]
         missing = [k for k in need if k not in optim_wrapper]
         if missing:
-            raise ValueError(f'optim_wrapper: missing optimizers {missing}; UVC stage 1 needs '
-                             f'{need}')
+            raise ConfigError(f'optim_wrapper: missing optimizers {missing}; UVC stage 1 needs '
+                              f'{need}')
 
     @torch.no_grad()
     def _prox_step(self, masks: UVCMasks, lr: float) -> None:
@@ -893,9 +894,9 @@ class UVCClassifier(FrozenTeacherMixin, ImageClassifier):
         # 6. dual ascent (as descent on the negated constraint values), then >= 0
         with torch.no_grad():
             for p, value in ((self.dual_heads, terms['ls_heads']),
-                             (self.dual_neurons, terms['ls_neurons']),
-                             (self.dual_dims, terms['ls_dims']),
-                             (self.dual_flops, (terms['flops'] - self.budget).reshape(1))):
+                              (self.dual_neurons, terms['ls_neurons']),
+                              (self.dual_dims, terms['ls_dims']),
+                              (self.dual_flops, (terms['flops'] - self.budget).reshape(1))):
                 p.grad = -value.detach().to(p.dtype)
         optim_wrapper['duals'].step()
         optim_wrapper['duals'].zero_grad()

@@ -27,6 +27,7 @@ from mmpretrain.models.backbones.base_backbone import BaseBackbone
 from mmpretrain.models.utils import build_norm_layer, resize_pos_embed, to_2tuple
 from torch import Tensor, nn
 
+from mmsparse.errors import ConfigError
 from mmsparse.registry import MODELS
 
 __all__ = ['UVCCompactAttention', 'UVCCompactLayer', 'UVCCompactVisionTransformer',
@@ -64,7 +65,7 @@ class UVCCompactAttention(BaseModule):
                  qkv_bias: bool = True, init_cfg: Optional[dict] = None) -> None:
         super().__init__(init_cfg=init_cfg)
         if not v_dims or min(v_dims) < 1:
-            raise ValueError(f'v_dims must be a non-empty list of positive ints, got {v_dims}')
+            raise ConfigError(f'v_dims must be a non-empty list of positive ints, got {v_dims}')
         self.embed_dims = embed_dims
         self.head_dims = head_dims
         self.v_dims = [int(d) for d in v_dims]
@@ -157,11 +158,11 @@ class UVCCompactVisionTransformer(BaseBackbone):
                  init_cfg: Optional[dict] = None) -> None:
         super().__init__(init_cfg)
         if out_type != 'cls_token':
-            raise ValueError(f"out_type must be 'cls_token', got {out_type!r}")
+            raise ConfigError(f"out_type must be 'cls_token', got {out_type!r}")
         for i, layer in enumerate(layers):
             if set(layer) - {'v_dims', 'feedforward_channels'}:
-                raise ValueError(f'layers[{i}]: keys must be v_dims and feedforward_channels, '
-                                 f'got {sorted(layer)}')
+                raise ConfigError(f'layers[{i}]: keys must be v_dims and feedforward_channels, '
+                                  f'got {sorted(layer)}')
         self.embed_dims = embed_dims
         self.head_dims = head_dims
         self.arch_layers = [dict(v_dims=[int(d) for d in layer.get('v_dims', [])],

@@ -1,8 +1,8 @@
 """What every command line of mmsparse shares: config loading, model building and user errors.
 
-A user error (a missing file, an unknown model type, a bad flag value) ends the command with one
-line ``error: ...`` that names what is wrong and how to fix it, and exit status 2; anything else is
-a bug and keeps its traceback.
+A user error (a missing file, an unknown model type, a bad flag value, a bad config value:
+:class:`~mmsparse.errors.ConfigError`) ends the command with one line ``error: ...`` that names
+what is wrong and how to fix it, and exit status 2; anything else is a bug and keeps its traceback.
 """
 import os
 import sys
@@ -12,6 +12,7 @@ from mmengine.config import Config, DictAction  # noqa: F401  (DictAction re-use
 
 from mmsparse.datasets import DataNotFoundError
 from mmsparse.datasets.data_root import ENV_VAR, HOW_TO_GET
+from mmsparse.errors import ConfigError
 
 __all__ = ['UserError', 'run_cli', 'load_config', 'check_checkpoint', 'setup_scope', 'build_model']
 
@@ -24,7 +25,7 @@ def run_cli(main: Callable[[], Optional[int]]) -> None:
     """Run ``main`` and turn user errors into ``error: <message>`` and exit status 2."""
     try:
         code = main()
-    except (UserError, DataNotFoundError) as e:
+    except (UserError, DataNotFoundError, ConfigError) as e:
         print(f'error: {e}', file=sys.stderr)
         sys.exit(2)
     sys.exit(code or 0)
