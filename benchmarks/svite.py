@@ -276,6 +276,8 @@ def main(argv=None) -> int:
                         help='reuse trained checkpoints / metrics from an earlier run')
     parser.add_argument('--out', default=osp.join(REPO, 'benchmarks/results/svite'))
     args = parser.parse_args(argv)
+    if args.epochs < 1:
+        parser.error(f'--epochs takes an int >= 1, got {args.epochs}')
     os.makedirs(osp.dirname(args.out), exist_ok=True)
     old = {}
     if osp.isfile(args.out + '.json'):  # keep the sections not re-run
@@ -299,7 +301,7 @@ def main(argv=None) -> int:
     if 'accuracy' in args.sections:
         key = 'accuracy' if args.epochs == 1 else f'accuracy_{args.epochs}ep'
         result[key] = dict(accuracy(args.work_dir, args.reuse, args.seeds, args.epochs),
-                                  load_avg_1min_at_start=load[0])
+                           load_avg_1min_at_start=load[0])
     with open(args.out + '.json', 'w') as f:
         json.dump(result, f, indent=2)
     with open(args.out + '.md', 'w') as f:

@@ -305,6 +305,8 @@ def main(argv=None) -> int:
     parser.add_argument('--work-dir', default='work_dirs/benchmarks/uvc')
     parser.add_argument('--out', default='benchmarks/results/uvc')
     args = parser.parse_args(argv)
+    if any(e < 1 for e in args.uniform_epochs):
+        parser.error(f'--uniform-epochs takes epochs >= 1, got {args.uniform_epochs}')
     os.makedirs(osp.dirname(args.out) or '.', exist_ok=True)
     path = f'{args.out}.json'
     results = json.load(open(path)) if osp.isfile(path) else {}
