@@ -6,8 +6,14 @@ VENV        ?= .venv
 PY          := $(VENV)/bin/python
 PIP         := $(PY) -m pip
 CONSTRAINTS := requirements/constraints.txt
-# mmcv's compiled wheel is kept here so a re-install takes seconds instead of ~6 minutes.
+# Built mmcv wheels, one folder per torch version, CUDA flavour (or cpu) and Python tag, so a
+# re-install takes seconds and a wheel is never reused on another build (tools/misc/build_mmcv.py).
 WHEEL_CACHE ?= $(HOME)/.cache/pip/mmsparse-wheels
+# mmcv's ops: auto (CUDA ops when torch sees a GPU and nvcc matches torch's CUDA), cpu or cuda.
+MMSPARSE_MMCV ?= auto
+export MMSPARSE_MMCV
+# Another torch flavour for older drivers, e.g. https://download.pytorch.org/whl/cu126
+TORCH_INDEX_URL ?=
 # Real data root (Fashion-MNIST, VOC samples); configs read the same variable.
 MMSPARSE_DATA ?= $(CURDIR)/data
 export MMSPARSE_DATA
@@ -15,7 +21,6 @@ export PIP_CONSTRAINT := $(CURDIR)/$(CONSTRAINTS)
 # The venv's bin holds mpirun (Open MPI from PyPI), which torchpack needs on PATH.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-MMCV_WHEEL_GLOB := $(WHEEL_CACHE)/mmcv-2.1.0-*.whl
 STAMP := $(VENV)/.mmsparse-installed
 
 .PHONY: install data test demo clean-venv
@@ -25,18 +30,15 @@ install: $(STAMP) data
 $(STAMP): requirements/*.txt setup.py
 	@[ -x $(PY) ] || python3 -m venv $(VENV)
 	$(PIP) install -q -U -r requirements/build.txt
-	$(PIP) install -q -r requirements/torch.txt
-	$(PIP) install -q mmengine==0.10.7 psutil
-	@if ! ls $(MMCV_WHEEL_GLOB) >/dev/null 2>&1; then \
-	  echo "building mmcv 2.1.0 with its ops (once, ~6 min on 2 cores) into $(WHEEL_CACHE)"; \
-	  mkdir -p $(WHEEL_CACHE); \
-	  MMCV_WITH_OPS=1 FORCE_CUDA=0 MAX_JOBS=$${MAX_JOBS:-2} CFLAGS="-DNDEBUG -fwrapv -O3 -g0" \
-	    $(PIP) wheel -q --no-build-isolation --no-deps -w $(WHEEL_CACHE) mmcv==2.1.0; \
-	fi
-	$(PIP) install -q $$(ls $(MMCV_WHEEL_GLOB) | head -n 1)
-	$(PIP) install -q -r requirements/runtime.txt -r requirements/tests.txt
+	$(PIP) install -q -r requirements/torch.txt \
+	  $(if $(TORCH_INDEX_URL),--index-url $(TORCH_INDEX_URL) --extra-index-url https://pypi.org/simple)
+	$(PIP) install -q mmengine psutil
+	$(PY) tools/misc/build_mmcv.py --cache $(WHEEL_CACHE) --check
+	$(PIP) install -q -r requirements/runtime.txt -r requirements/det.txt -r requirements/seg.txt \
+	  -r requirements/mpi.txt -r requirements/tests.txt
 	$(PIP) install -q --no-build-isolation --no-deps -e .
-	$(PY) -c "from mmcv.ops import nms, RoIAlign; import mmdet, mmseg, mmpretrain, mmsparse"
+	$(PIP) check
+	$(PY) -c "import mmdet, mmseg, mmpretrain, mmsparse"
 	@touch $@
 
 # Debian packages where apt is available, then unpacked into $(MMSPARSE_DATA).

@@ -152,7 +152,7 @@ def _uniform_masks(model, dense_ckpt: str, target: float):
     ``target`` FLOPs. Writes the masks into the fixed-mode UVC model."""
     import torch
 
-    from mmsparse.compat import load_checkpoint_file
+    from mmsparse.checkpoint import load_checkpoint_file
     from mmsparse.ops.uvc import group_scores, uvc_masks
     bb = model.uvc_backbone
     sd = load_checkpoint_file(dense_ckpt, map_location='cpu')['state_dict']

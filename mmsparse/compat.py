@@ -1,30 +1,28 @@
 """Every shim the OpenMMLab stack needs on torch 2.13, in one place.
 
-1. Checkpoints. mmengine 0.10.7 calls ``torch.load`` without ``weights_only``; torch >= 2.6 loads with
-   ``weights_only=True`` and refuses the objects every Runner checkpoint holds (the message hub's
-   ``HistoryBuffer``, numpy arrays and scalars). :func:`register_checkpoint_loader` installs, through
-   MMEngine's own ``CheckpointLoader.register_scheme``, a local-file loader that allow-lists exactly
-   those objects for that load, so ``load_from``, ``--resume`` and ``tools/test.py CHECKPOINT`` work
-   while every load stays a weights-only load.
+1. Checkpoints: see :mod:`mmsparse.checkpoint` (weights-only loads MMEngine 0.10.7 cannot do
+   on torch >= 2.6 by itself, for local files, URLs and model-zoo names).
 2. Distributed start. mmengine's launchers call ``torch.cuda.set_device`` (fails without a GPU) and
    its MPI launcher wants ``MASTER_ADDR``/``MASTER_PORT`` while ``torchpack dist-run`` sets
-   ``MASTER_HOST=host:port``. :func:`init_distributed` bridges both and initialises the process group
-   before the Runner does (the Runner then skips its own ``init_dist``).
+   ``MASTER_HOST=host:port``; a Slurm launch (``srun``) sets ``SLURM_PROCID`` etc.
+   :func:`init_distributed` bridges them (:func:`bridge_mpi_env`, :func:`bridge_slurm_env`) and
+   initialises the process group before the Runner does (the Runner then skips its own
+   ``init_dist``).
 3. Warnings. mmengine and mmcv import ``pkg_resources`` (setuptools < 81 is pinned for mmcv's
    build), which warns on every command; :func:`quiet_pinned_stack_warnings` drops that one message.
 4. DDP on CPU. The Runner wraps the model with ``device_ids=[LOCAL_RANK]``, which DDP refuses for
    a CPU module; :func:`ddp_wrapper_cfg` gives it ``device_ids=None`` there.
 """
 import os
+import subprocess
 import warnings
 from typing import Optional
 
-import numpy as np
 import torch
 import torch.distributed as dist
 
-__all__ = ['quiet_pinned_stack_warnings', 'checkpoint_safe_globals', 'load_checkpoint_file', 'register_checkpoint_loader',
-           'init_distributed', 'bridge_mpi_env', 'ddp_wrapper_cfg']
+__all__ = ['quiet_pinned_stack_warnings', 'init_distributed', 'LaunchError', 'bridge_mpi_env',
+           'bridge_slurm_env', 'ddp_wrapper_cfg']
 
 
 def quiet_pinned_stack_warnings() -> None:
@@ -38,49 +36,14 @@ def quiet_pinned_stack_warnings() -> None:
                             category=UserWarning, module='mmpretrain.datasets.mnist')
 
 
-def checkpoint_safe_globals() -> list:
-    """The non-tensor objects of MMEngine Runner checkpoints, for a weights-only load.
-
-    ``getattr`` is needed because ``HistoryBuffer`` keeps bound methods (``getattr(buf, 'min')``);
-    the weights-only unpickler still refuses to *call* anything not on this list.
-    """
-    from mmengine.logging.history_buffer import HistoryBuffer
-
-    # numpy 2 pickles arrays through numpy._core (numpy 1: numpy.core).
-    multiarray = np._core.multiarray if hasattr(np, '_core') else np.core.multiarray
-    safe = [HistoryBuffer, getattr, np.ndarray, np.dtype, multiarray._reconstruct,
-            multiarray.scalar]
-    # numpy scalars and arrays pickle through their dtype classes (np.dtypes.Float64DType, ...).
-    safe += [type(np.dtype(t)) for t in np.sctypeDict.values() if isinstance(t, type)]
-    return list(dict.fromkeys(safe))
-
-
-def load_checkpoint_file(filename: str, map_location=None) -> dict:
-    """``torch.load`` of a local MMEngine checkpoint: weights-only, with its objects allowed.
-
-    Raises:
-        FileNotFoundError: if ``filename`` is not a file.
-    """
-    filename = os.path.expanduser(filename)
-    if not os.path.isfile(filename):
-        raise FileNotFoundError(f'{filename} can not be found.')
-    with torch.serialization.safe_globals(checkpoint_safe_globals()):
-        return torch.load(filename, map_location=map_location, weights_only=True)
-
-
-def register_checkpoint_loader() -> None:
-    """Make MMEngine's loader of local files (``load_from``, ``--resume``, ``tools/test.py``)
-    use :func:`load_checkpoint_file`. The allow-list applies to those loads only: other
-    ``torch.load`` calls keep torch's defaults."""
-    from mmengine.runner import CheckpointLoader
-
-    CheckpointLoader.register_scheme(prefixes='', loader=load_checkpoint_file, force=True)
+class LaunchError(RuntimeError):
+    """A ``--launcher`` whose launch environment is missing (e.g. ``slurm`` outside ``srun``)."""
 
 
 def bridge_mpi_env() -> None:
     """Make an Open MPI / torchpack launch look like a torchrun launch (RANK, WORLD_SIZE, ...)."""
     if 'OMPI_COMM_WORLD_RANK' not in os.environ:
-        raise RuntimeError('--launcher mpi needs an Open MPI launch (mpirun or torchpack '
+        raise LaunchError('--launcher mpi needs an Open MPI launch (mpirun or torchpack '
                            'dist-run); OMPI_COMM_WORLD_RANK is not set')
     os.environ.setdefault('RANK', os.environ['OMPI_COMM_WORLD_RANK'])
     os.environ.setdefault('WORLD_SIZE', os.environ['OMPI_COMM_WORLD_SIZE'])
@@ -94,20 +57,68 @@ def bridge_mpi_env() -> None:
     os.environ.setdefault('MASTER_PORT', '29500')
 
 
+def _first_slurm_host(nodelist: str) -> str:
+    """The first host name of a Slurm node list such as ``node[03-05],gpu7``."""
+    try:
+        out = subprocess.run(['scontrol', 'show', 'hostnames', nodelist], capture_output=True,
+                             text=True, check=True).stdout.split()
+    except (OSError, subprocess.CalledProcessError) as e:
+        if not any(c in nodelist for c in '[],'):
+            return nodelist  # one plain host name: nothing to expand
+        raise LaunchError(f'--launcher slurm: cannot expand SLURM_NODELIST={nodelist} with '
+                          f'`scontrol show hostnames` ({e}); set MASTER_ADDR to the first '
+                          f'node') from None
+    if not out:
+        raise LaunchError(f'--launcher slurm: `scontrol show hostnames {nodelist}` printed no '
+                          f'host; set MASTER_ADDR to the first node')
+    return out[0]
+
+
+def bridge_slurm_env() -> None:
+    """Make a Slurm launch (``srun``, one task per process) look like a torchrun launch.
+
+    ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK`` are set from ``SLURM_PROCID``, ``SLURM_NTASKS``
+    and ``SLURM_LOCALID`` (Slurm's values win over stale ones); ``MASTER_ADDR`` defaults to the
+    first host of the step's node list (``scontrol show hostnames``), ``MASTER_PORT`` to 29500.
+    """
+    env = os.environ
+    missing = [k for k in ('SLURM_PROCID', 'SLURM_NTASKS') if k not in env]
+    if missing:
+        raise LaunchError(f'--launcher slurm needs a Slurm launch (srun, e.g. '
+                          f'tools/slurm_train.sh); {", ".join(missing)} not set')
+    env['RANK'] = env['SLURM_PROCID']
+    env['WORLD_SIZE'] = env['SLURM_NTASKS']
+    if 'SLURM_LOCALID' in env:
+        env['LOCAL_RANK'] = env['SLURM_LOCALID']
+    else:
+        gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        env['LOCAL_RANK'] = str(int(env['SLURM_PROCID']) % gpus) if gpus else '0'
+    if 'MASTER_ADDR' not in env:
+        nodelist = (env.get('SLURM_STEP_NODELIST') or env.get('SLURM_NODELIST')
+                    or env.get('SLURM_JOB_NODELIST'))
+        if not nodelist:
+            raise LaunchError('--launcher slurm: SLURM_NODELIST is not set; set MASTER_ADDR '
+                              'to the first node')
+        env['MASTER_ADDR'] = _first_slurm_host(nodelist)
+    env.setdefault('MASTER_PORT', '29500')
+
+
 def init_distributed(launcher: str, backend: Optional[str] = None, timeout_s: int = 1800) -> None:
-    """Initialise torch.distributed for ``launcher`` ('pytorch' or 'mpi'), on CPU or GPU.
+    """Initialise torch.distributed for ``launcher`` ('pytorch', 'mpi' or 'slurm'), on CPU or GPU.
 
     Args:
-        launcher: 'pytorch' (torchrun) or 'mpi' (mpirun / torchpack dist-run).
+        launcher: 'pytorch' (torchrun), 'mpi' (mpirun / torchpack dist-run) or 'slurm' (srun).
         backend: process-group backend; default 'nccl' with CUDA, else 'gloo'.
         timeout_s: collective timeout in seconds.
     """
-    if launcher not in ('pytorch', 'mpi'):
-        raise ValueError(f"launcher must be 'pytorch' or 'mpi', got {launcher!r}")
+    if launcher not in ('pytorch', 'mpi', 'slurm'):
+        raise ValueError(f"launcher must be 'pytorch', 'mpi' or 'slurm', got {launcher!r}")
     if dist.is_available() and dist.is_initialized():
         return
     if launcher == 'mpi':
         bridge_mpi_env()
+    elif launcher == 'slurm':
+        bridge_slurm_env()
     if torch.cuda.is_available():
         torch.cuda.set_device(int(os.environ.get('LOCAL_RANK', 0)) % torch.cuda.device_count())
         backend = backend or 'nccl'

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mmsparse.compat import load_checkpoint_file
+from mmsparse.checkpoint import load_checkpoint_file
 from mmsparse.errors import ConfigError
 from tests.conftest import DEMO_CONFIG, REPO, ok, run_tool, small_config
 
@@ -419,7 +419,7 @@ def test_train_freeze_save_resume_test_visualize(small_dv, tmp_path):
     # test.py on the checkpoint
     metrics = tmp_path / 'metrics.json'
     ok(run_tool('tools/test.py', cfg, full / 'epoch_2.pth', '--work-dir', tmp_path / 't',
-                '--out', metrics))
+                '--out', metrics, '--out-item', 'metrics'))
     assert 0.0 <= json.loads(metrics.read_text())['accuracy/top1'] <= 100.0
 
     # the token picture of a real test image
@@ -430,7 +430,7 @@ def test_train_freeze_save_resume_test_visualize(small_dv, tmp_path):
     image = read_image_file(f'{root}/t10k-images-idx3-ubyte')[0].numpy()
     mmcv.imwrite(image, str(tmp_path / 'img.png'))
     picture = tmp_path / 'tokens.png'
-    proc = ok(run_tool('tools/visualize_tokens.py', cfg, full / 'epoch_2.pth',
+    proc = ok(run_tool('tools/visualization/visualize_tokens.py', cfg, full / 'epoch_2.pth',
                        tmp_path / 'img.png', '--out', picture))
     assert 'kept [34, 24] of 49 patches' in proc.stdout
     drawn = mmcv.imread(str(picture))

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mmsparse.compat import load_checkpoint_file
+from mmsparse.checkpoint import load_checkpoint_file
 from mmsparse.errors import ConfigError
 from tests.conftest import DEMO_CONFIG, REPO, ok, run_tool, small_config, tool_env
 

@@ -12,7 +12,7 @@ from mmsparse.analysis import count_flops
 from mmsparse.analysis.model_parts import part_module
 from mmsparse.errors import ConfigError
 from mmsparse.compaction.uvc import compact_uvc_model, max_output_diff
-from mmsparse.compat import load_checkpoint_file
+from mmsparse.checkpoint import load_checkpoint_file
 from mmsparse.engine.uvc_optim import PresetLR, UVCOptimWrapperConstructor
 from mmsparse.ops.uvc import uvc_macs
 from tests.conftest import REPO, ok, run_tool, small_config
@@ -460,17 +460,18 @@ def test_stage2_compaction_test_and_compact_tool(stage1_runs):
     # the compact model runs as a normal classifier
     out = tmp / 'metrics.json'
     ok(run_tool('tools/test.py', compact_cfg, compact_ckpt, '--work-dir', tmp / 't',
-                '--out', out))
+                '--out', out, '--out-item', 'metrics'))
     assert 0.0 <= json.loads(out.read_text())['accuracy/top1'] <= 100.0
     # tools/compact.py --method uvc: outputs to 1e-5, measured FLOPs == the real fraction
-    ok(run_tool('tools/compact.py', stage1_runs['cfg2'], s2 / 'epoch_1.pth', '--out',
-                tmp / 'c', '--method', 'uvc', '--atol', '1e-5'))
+    proc = ok(run_tool('tools/compact.py', stage1_runs['cfg2'], s2 / 'epoch_1.pth', '--out',
+                       tmp / 'c', '--method', 'uvc', '--atol', '1e-5'))
+    assert 'FLOPs: compact' in proc.stdout and 'UVC real fraction' in proc.stdout
     report = json.loads((tmp / 'c' / 'stage2_uvc.json').read_text())
     assert report['max_abs_diff'] <= 1e-5
     assert report['measured_flops_fraction'] == pytest.approx(report['real_flops_fraction'],
                                                               abs=1e-12)
     assert report['real_flops_fraction'] < 1.0
     # a stage-1 config cannot be compacted with patch gating, and a non-UVC model is refused
-    proc = run_tool('tools/uvc_compact.py', REPO / 'configs/vit/vit-tiny-p4_fashion-mnist.py',
-                    s2 / 'epoch_1.pth', '--out', tmp / 'x')
+    proc = run_tool('tools/compact.py', REPO / 'configs/vit/vit-tiny-p4_fashion-mnist.py',
+                    s2 / 'epoch_1.pth', '--out', tmp / 'x', '--method', 'uvc')
     assert proc.returncode == 2 and 'UVCClassifier' in proc.stderr

@@ -82,9 +82,9 @@ def check_launcher(launcher: str) -> None:
     try:
         import mpi4py  # noqa: F401  (torchpack dist-run's runtime needs it too)
     except ImportError as e:
-        raise UserError(f'--launcher mpi needs MPI: mpi4py cannot be imported ({e}); install '
-                        f'Open MPI and mpi4py (make install does), or use --launcher pytorch '
-                        f'with torchrun') from None
+        raise UserError(f"--launcher mpi needs MPI: mpi4py cannot be imported ({e}); "
+                        f"pip install 'mmsparse[mpi]' (Open MPI 4, mpi4py, torchpack), or use "
+                        f"--launcher pytorch with torchrun (tools/dist_run.sh search.py N ...)") from None
     if 'OMPI_COMM_WORLD_RANK' not in os.environ:
         raise UserError('--launcher mpi: not started by an MPI launcher (OMPI_COMM_WORLD_RANK '
                         'unset); run under `torchpack dist-run -np N` or `mpirun -np N`')

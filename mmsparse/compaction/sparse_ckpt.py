@@ -7,9 +7,9 @@ dense weights) is stored as is. Loading gives back the exact tensors (a stored z
 
 The file holds ``{'meta': ..., 'state_dict': {dense tensors}, 'sparse_state_dict': {name:
 {'values', 'bits', 'shape'}}, 'order': [names]}``: a weights-only ``torch.load`` reads it.
-Importing this module registers the checkpoint scheme ``sparse://`` with MMEngine, so
-``load_from='sparse://path.pth'`` and ``tools/test.py CONFIG sparse://path.pth`` load it like a
-normal checkpoint.
+``import mmsparse`` registers the checkpoint scheme ``sparse://`` with MMEngine
+(:mod:`mmsparse.checkpoint`), so ``load_from='sparse://path.pth'`` and
+``tools/test.py CONFIG sparse://path.pth`` load it like a normal checkpoint.
 """
 import os
 from collections import OrderedDict
@@ -18,10 +18,11 @@ from typing import Dict, Iterable, Optional
 import torch
 from torch import Tensor
 
+from mmsparse.checkpoint import load_checkpoint_file
 from mmsparse.ops.dst import pack_mask, unpack_mask
 
 __all__ = ['SCHEME', 'FORMAT', 'sparsify_state_dict', 'densify_state_dict',
-           'save_sparse_checkpoint', 'load_sparse_checkpoint', 'register_sparse_scheme']
+           'save_sparse_checkpoint', 'load_sparse_checkpoint']
 
 SCHEME = 'sparse://'
 FORMAT = 'mmsparse.sparse_state_dict.v1'
@@ -111,25 +112,9 @@ def load_sparse_checkpoint(path: str, map_location=None) -> dict:
     """Read a file of :func:`save_sparse_checkpoint`: ``{'meta': ..., 'state_dict': ...}``."""
     if path.startswith(SCHEME):
         path = path[len(SCHEME):]
-    path = os.path.expanduser(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f'{path} can not be found.')
-    packed = torch.load(path, map_location='cpu', weights_only=True)
+    packed = load_checkpoint_file(path, map_location='cpu')
     state_dict = densify_state_dict(packed)
     if map_location not in (None, 'cpu'):
         state_dict = OrderedDict((k, v.to(map_location) if isinstance(v, Tensor) else v)
                                  for k, v in state_dict.items())
     return dict(meta=dict(packed.get('meta', {})), state_dict=state_dict)
-
-
-def register_sparse_scheme() -> None:
-    """Let MMEngine load ``sparse://PATH`` checkpoints (``load_from``, ``tools/test.py``)."""
-    from mmengine.runner import CheckpointLoader
-
-    def load_from_sparse(filename: str, map_location=None) -> dict:  # logged as 'sparse'
-        return load_sparse_checkpoint(filename, map_location)
-
-    CheckpointLoader.register_scheme(prefixes=SCHEME, loader=load_from_sparse, force=True)
-
-
-register_sparse_scheme()

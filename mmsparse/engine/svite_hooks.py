@@ -49,7 +49,6 @@ from mmengine.dist import all_gather, all_reduce, broadcast, get_world_size
 from mmengine.hooks import Hook
 from torch import Tensor, nn
 
-import mmsparse.compaction.sparse_ckpt  # noqa: F401  registers the 'sparse://' checkpoint scheme
 from mmsparse.errors import ConfigError
 from mmsparse.ops import dst
 from mmsparse.registry import HOOKS

@@ -12,20 +12,29 @@ from mmengine.config import Config, DictAction  # noqa: F401  (DictAction re-use
 
 from mmsparse.datasets import DataNotFoundError
 from mmsparse.datasets.data_root import ENV_VAR, HOW_TO_GET
-from mmsparse.errors import ConfigError
+from mmsparse.errors import CheckpointError, ConfigError, StackError
 
 __all__ = ['UserError', 'run_cli', 'load_config', 'check_checkpoint', 'setup_scope', 'build_model']
+
+
+# ``--launcher`` values, as MMEngine names them.
+LAUNCHERS = ('none', 'pytorch', 'slurm', 'mpi')
 
 
 class UserError(Exception):
     """An error in what the user asked for; reported as one line, without a traceback."""
 
 
+# The host libraries a config can inherit from -> mmsparse's extra that installs them.
+EXTRAS = {'mmdet': 'det', 'mmsegmentation': 'seg', 'mmseg': 'seg', 'torchpack': 'mpi',
+          'mpi4py': 'mpi'}
+
+
 def run_cli(main: Callable[[], Optional[int]]) -> None:
     """Run ``main`` and turn user errors into ``error: <message>`` and exit status 2."""
     try:
         code = main()
-    except (UserError, DataNotFoundError, ConfigError) as e:
+    except (UserError, DataNotFoundError, ConfigError, CheckpointError, StackError) as e:
         print(f'error: {e}', file=sys.stderr)
         sys.exit(2)
     sys.exit(code or 0)
@@ -36,8 +45,10 @@ def add_config_args(parser, launcher: bool = False) -> None:
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='override config settings, key=value pairs')
     if launcher:
-        parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
-                            default='none', help='job launcher')
+        parser.add_argument('--launcher', choices=LAUNCHERS, default='none',
+                            help='job launcher: none (one process), pytorch (torchrun, '
+                                 'tools/dist_train.sh), slurm (srun, tools/slurm_train.sh), '
+                                 'mpi (mpirun, torchpack dist-run)')
         parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
 
 
@@ -54,7 +65,13 @@ def load_config(path: str, cfg_options: Optional[dict] = None) -> Config:
     if not os.path.isfile(path):
         raise UserError(f'config file not found: {path} (give the path of a .py config, e.g. '
                         f'configs/vit/vit-tiny-p4_fashion-mnist.py)')
-    cfg = Config.fromfile(path)
+    try:
+        cfg = Config.fromfile(path)
+    except ModuleNotFoundError as e:  # `_base_ = 'mmdet::...'` without mmdet, a custom import
+        package = getattr(e, 'name', None) or str(e).split()[0]
+        extra = EXTRAS.get(package)
+        how = (f"pip install 'mmsparse[{extra}]'" if extra else f'install {package}')
+        raise UserError(f'{path} needs {package}, which is not installed ({e}); {how}') from None
     if cfg_options:
         cfg.merge_from_dict(cfg_options)
     return cfg
@@ -79,13 +96,38 @@ def setup_scope(cfg: Config) -> None:
     init_default_scope(cfg.get('default_scope', 'mmsparse'))
 
 
+def registered_class(registry, obj_cfg: dict) -> Optional[type]:
+    """The class a config dict (``type``, optional ``_scope_``) names in ``registry``, looked up
+    in its scope (else the current default scope, as the Runner builds it); None if unknown.
+    Call after :func:`setup_scope`."""
+    from mmengine.registry import DefaultScope
+
+    type_ = obj_cfg.get('type')
+    if not isinstance(type_, str):
+        return type_ if isinstance(type_, type) else None
+    scope = obj_cfg.get('_scope_') or DefaultScope.get_current_instance().scope_name
+    with registry.switch_scope_and_registry(scope) as reg:
+        return reg.get(type_)
+
+
+def config_model_kind(cfg: Config) -> str:
+    """What ``cfg.model`` is, without building it: 'classifier' (mmpretrain), 'detector'
+    (mmdet), 'segmentor' (mmseg) or 'other'. Call after :func:`setup_scope`."""
+    from mmengine.registry import MODELS
+
+    from mmsparse.analysis import model_kind
+
+    cls = registered_class(MODELS, cfg.model)
+    return model_kind(cls) if cls is not None else 'other'
+
+
 def _check_model_types(model_cfg: dict, key: str = 'model') -> None:
     from mmengine.registry import MODELS, DefaultScope
 
     scope = model_cfg.get('_scope_') or DefaultScope.get_current_instance().scope_name
-    with MODELS.switch_scope_and_registry(scope) as registry:
+    with DefaultScope.overwrite_default_scope(scope):  # sub-modules build in this scope
         type_ = model_cfg.get('type')
-        if isinstance(type_, str) and registry.get(type_) is None:
+        if isinstance(type_, str) and registered_class(MODELS, model_cfg) is None:
             raise UserError(f"{key}.type: '{type_}' is not a registered model in scope "
                             f"'{scope}'. Check the spelling, prefix it with its library "
                             f"('mmpretrain.', 'mmdet.', 'mmseg.', 'mmsparse.') or add that "
@@ -128,23 +170,94 @@ def set_work_dir(cfg: Config, config_path: str, work_dir: Optional[str]) -> None
                                     os.path.splitext(os.path.basename(config_path))[0])
 
 
+AMP_WRAPPER_TYPES = ('OptimWrapper', 'AmpOptimWrapper', 'mmengine.OptimWrapper',
+                     'mmengine.AmpOptimWrapper')
+
+
+def enable_amp(cfg: Config) -> None:
+    """``--amp`` of tools/train.py: train with MMEngine's ``AmpOptimWrapper`` (autocast, dynamic
+    loss scaling), as mmpretrain's tools/train.py does.
+
+    An optimizer-wrapper constructor that builds several wrappers (an ``OptimWrapperDict``)
+    names, in its ``AMP_WRAPPERS`` attribute, the wrappers whose loss is scaled; only those
+    become ``AmpOptimWrapper`` (UVC: ``weights``; its other wrappers step gradients that the
+    primal-dual step computes in float32).
+
+    Raises:
+        UserError: without a GPU (MMEngine's ``AmpOptimWrapper`` needs CUDA, NPU, MLU or MUSA),
+            or for a wrapper type other than ``OptimWrapper``.
+    """
+    from mmengine.device import (is_cuda_available, is_mlu_available, is_musa_available,
+                                 is_npu_available)
+    from mmengine.registry import OPTIM_WRAPPER_CONSTRUCTORS
+
+    if not (is_cuda_available() or is_npu_available() or is_mlu_available()
+            or is_musa_available()):
+        raise UserError("--amp needs a GPU: MMEngine's AmpOptimWrapper trains on CUDA, NPU, "
+                        'MLU or MUSA devices, and none is available here (train without --amp)')
+    optim_wrapper = cfg.get('optim_wrapper')
+    if not optim_wrapper:
+        raise UserError('--amp: the config has no optim_wrapper')
+    setup_scope(cfg)  # the constructor is looked up in the config's scope
+    targets = {'optim_wrapper': optim_wrapper}
+    if 'constructor' in optim_wrapper:
+        ctor = registered_class(OPTIM_WRAPPER_CONSTRUCTORS,
+                                dict(type=optim_wrapper['constructor'],
+                                     _scope_=optim_wrapper.get('_scope_')))
+        keys = getattr(ctor, 'AMP_WRAPPERS', None)
+        if keys is not None:
+            targets = {f'optim_wrapper.{k}': optim_wrapper[k] for k in keys
+                       if optim_wrapper.get(k) is not None}
+    for key, wrapper in targets.items():
+        type_ = wrapper.get('type', 'OptimWrapper')
+        if type_ not in AMP_WRAPPER_TYPES:
+            raise UserError(f"--amp: {key}.type is '{type_}'; --amp turns an OptimWrapper into "
+                            f"an AmpOptimWrapper (for another wrapper, set its amp settings in "
+                            f'the config)')
+        wrapper['type'] = 'AmpOptimWrapper'
+        wrapper.setdefault('loss_scale', 'dynamic')
+
+
+def _config_logged_last_runner():
+    from mmengine.runner import Runner
+
+    class ConfigLoggedLastRunner(Runner):
+        """MMEngine's Runner, except that the environment and the config (hundreds of lines)
+        are logged once the model, optimizer and hooks are built, so that a bad config value
+        ends in its one error line rather than below a config dump."""
+
+        def _log_env(self, env_cfg: dict) -> None:
+            self._deferred_env_cfg = env_cfg
+
+        def log_start(self) -> None:
+            Runner._log_env(self, self._deferred_env_cfg)
+
+    return ConfigLoggedLastRunner
+
+
 def build_runner(cfg: Config, launcher: str):
     """Enter the config's scope, start distributed (CPU or GPU) and build its Runner."""
     from mmengine.registry import RUNNERS
-    from mmengine.runner import Runner
 
-    from mmsparse.compat import ddp_wrapper_cfg, init_distributed
+    from mmsparse.compat import LaunchError, ddp_wrapper_cfg, init_distributed
 
+    if launcher not in LAUNCHERS:
+        raise UserError(f'--launcher {launcher}: choose one of {", ".join(LAUNCHERS)}')
     cfg.launcher = launcher
     check_data_roots(cfg)
     setup_scope(cfg)
-    if launcher in ('pytorch', 'mpi'):
-        init_distributed(launcher, cfg.get('env_cfg', {}).get('dist_cfg', {}).get('backend'))
+    if launcher != 'none':
+        try:
+            init_distributed(launcher,
+                             cfg.get('env_cfg', {}).get('dist_cfg', {}).get('backend'))
+        except LaunchError as e:
+            raise UserError(str(e)) from None
         ddp_wrapper_cfg(cfg)
-    elif launcher != 'none':
-        raise UserError(f"--launcher {launcher}: mmsparse's tools support none, pytorch "
-                        f"(torchrun, tools/dist_train.sh) and mpi (mpirun, torchpack dist-run)")
-    return Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
+    if 'runner_type' in cfg:
+        return RUNNERS.build(cfg)
+    runner = _config_logged_last_runner().from_cfg(cfg)
+    runner.log_start()
+    return runner
 
 
 def input_size(cfg: Config, size: Optional[Sequence[int]], flag: str) -> tuple:
