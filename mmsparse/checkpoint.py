@@ -83,8 +83,8 @@ def _torch_load(path: str, map_location, name: str) -> dict:
         refused = _REFUSED.search(str(e))
         if refused:
             raise CheckpointError(
-                f'{name} holds a {refused.group(1)} object, which a weights-only load refuses '
-                f'(loading it could run code). If you trust this file, add it to the '
+                f'{name} needs {refused.group(1)} to unpickle, which a weights-only load does '
+                f'not allow (it could run code). If you trust this file, add it to the '
                 f'environment variable {TRUST_ENV}') from None
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(f'{name} is not a readable PyTorch checkpoint '

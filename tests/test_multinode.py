@@ -19,8 +19,7 @@ def test_two_nodes_train_to_identical_weights(tmp_path, data_root):
         "custom_hooks = [dict(type='mmsparse.DynamicViTOptimHook', backbone_lr_scale=0.01, "
         "freeze_backbone=0, by_epoch=True), dict(type='mmsparse.RNGStateHook'), "
         "dict(type='mmsparse.SaveRankWeightsHook')]",
-        'train_dataloader = dict(batch_size=16)',
-        train_images=64, epochs=1, validate=False))
+        train_images=128, epochs=1, validate=False))
     procs = []
     for node in (0, 1):
         env = tool_env(NNODES='2', NODE_RANK=str(node), MASTER_ADDR='127.0.0.1', PORT='29541',
@@ -38,8 +37,9 @@ def test_two_nodes_train_to_identical_weights(tmp_path, data_root):
     assert a.keys() == b.keys() and any('predictor' in k for k in a)
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
-    # rank 0's checkpoint holds the same weights, after 2 iterations (64 images, 2 ranks x 16)
+    # rank 0's checkpoint holds the same weights, after 2 iterations (128 images, 2 ranks x 32)
     ckpt = load_checkpoint_file(str(tmp_path / 'node0/epoch_1.pth'))
     assert ckpt['meta']['iter'] == 2
+    assert len(ckpt['rng_state']) == 2  # RNGStateHook: every rank's random state
     for k in a:
         torch.testing.assert_close(ckpt['state_dict'][k], a[k], rtol=0, atol=0, msg=k)

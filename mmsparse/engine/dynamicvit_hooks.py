@@ -120,11 +120,13 @@ class RNGStateHook(Hook):
     so that validation draws do not shift training's noise. With ``num_workers=0`` (or
     deterministic pipelines) a resumed run then reproduces an uninterrupted one exactly.
     """
-    priority = 'VERY_LOW'
+    # before CheckpointHook ('VERY_LOW'), whose after_train_iter / after_train_epoch save
+    priority = 'LOW'
 
     def __init__(self) -> None:
         self._loaded: Optional[list] = None
         self._before_val: Optional[Dict[str, object]] = None
+        self._gathered: Optional[list] = None
 
     @staticmethod
     def _state() -> Dict[str, object]:
@@ -139,11 +141,25 @@ class RNGStateHook(Hook):
         if 'cuda' in state and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state['cuda'])
 
+    def _gather(self) -> None:
+        # Only rank 0 writes checkpoints (before_save_checkpoint runs there alone), so every
+        # rank's state is gathered where all ranks are: after each training iteration and epoch.
+        if dist.get_world_size() > 1:
+            self._gathered = dist.all_gather_object(self._state())
+
+    def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
+        self._gather()
+
+    def after_train_epoch(self, runner) -> None:
+        self._gather()
+
     def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
         # a checkpoint written during validation (save_best) gets the training stream's state
+        if self._gathered is not None:
+            checkpoint['rng_state'] = self._gathered
+            return
         state = self._before_val if self._before_val is not None else self._state()
-        states = dist.all_gather_object(state) if dist.get_world_size() > 1 else [state]
-        checkpoint['rng_state'] = states
+        checkpoint['rng_state'] = [state]
 
     def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
         self._loaded = checkpoint.get('rng_state')
