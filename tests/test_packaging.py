@@ -68,22 +68,38 @@ def test_wheel_ships_configs_tools_and_model_index(wheel):
                    and 'extra' not in r for r in requires)
 
 
-@pytest.fixture(scope='module')
-def installed(wheel, tmp_path_factory):
-    """A fresh venv with the wheel installed (not editable); this venv's site-packages are
-    appended to its path (a .pth line: their own .pth files, e.g. the editable mmsparse, are
-    not processed), so torch and the OpenMMLab stack are borrowed, not downloaded."""
-    venv = tmp_path_factory.mktemp('venv') / 'venv'
+def borrowing_venv(venv: Path, exclude=()) -> tuple:
+    """A fresh venv whose path ends with this venv's packages (a .pth line: their own .pth
+    files, e.g. the editable mmsparse, are not processed), so torch and the OpenMMLab stack are
+    borrowed, not downloaded. ``exclude``: distributions left out (their modules and
+    dist-info), as in an environment that never installed them. Returns (python, site)."""
     ok(subprocess.run([sys.executable, '-m', 'venv', '--without-pip', venv],
                       capture_output=True, text=True))
     python = venv / 'bin' / 'python'
     site = Path(subprocess.run([python, '-c', 'import sysconfig; print(sysconfig.get_paths()'
                                 '["purelib"])'], capture_output=True, text=True).stdout.strip())
-    (site / 'borrowed_stack.pth').write_text(sysconfig.get_paths()['purelib'] + '\n')
+    stack = Path(sysconfig.get_paths()['purelib'])
+    if exclude:  # a folder of links to every entry but the excluded ones
+        view = venv / 'stack'
+        view.mkdir()
+        for entry in stack.iterdir():
+            name = entry.name.lower().replace('-', '_')
+            if not any(name == e or name.startswith(f'{e}_') or name.startswith(f'{e}.')
+                       for e in exclude):
+                (view / entry.name).symlink_to(entry)
+        stack = view
+    (site / 'borrowed_stack.pth').write_text(f'{stack}\n')
+    return python, site
+
+
+@pytest.fixture(scope='module')
+def installed(wheel, tmp_path_factory):
+    """The wheel installed (not editable) into a venv that borrows this venv's stack."""
+    python, site = borrowing_venv(tmp_path_factory.mktemp('venv') / 'venv')
     ok(subprocess.run([sys.executable, '-m', 'pip', '--python', python, 'install', '-q',
                        '--no-deps', wheel], capture_output=True, text=True, timeout=300))
     where = subprocess.run([python, '-c', 'import mmsparse; print(mmsparse.__file__)'],
-                           capture_output=True, text=True, cwd=venv)
+                           capture_output=True, text=True, cwd=site)
     assert Path(ok(where).stdout.strip()).parent == site / 'mmsparse'
     return python, site
 
@@ -117,6 +133,32 @@ def test_mim_train_test_run_search(installed, tmp_path, data_root):
     for name in ('vit-tiny-p4_fashion-mnist', 'dynamicvit-deit-small_8xb128_in1k',
                  'mask-rcnn_sparsevit-swin-t_cfg3_coco', 'uvc-deit-small_stage1_budget0.5_in1k'):
         assert name in proc.stdout, name
+
+
+def test_classification_needs_no_detection_segmentation_or_mpi(tmp_path, data_root):
+    """Without mmdet, mmseg, torchpack and mpi4py: mmsparse imports and trains a classifier;
+    a Mask R-CNN config says which extra to install, in one line."""
+    python, _ = borrowing_venv(tmp_path / 'venv', exclude=(
+        'mmdet', 'mmsegmentation', 'mmseg', 'torchpack', 'mpi4py', 'openmpi'))
+    env = tool_env(PYTHONPATH=str(REPO))
+    proc = subprocess.run([python, '-c', 'import mmsparse, sys; print(sorted(m for m in '
+                           'sys.modules if m.split(".")[0] in ("mmdet", "mmseg", "torchpack", '
+                           '"mpi4py")))'], cwd=REPO, env=env, capture_output=True, text=True)
+    assert ok(proc).stdout.strip() == '[]'
+    proc = subprocess.run([python, 'tools/train.py', f'configs/vit/{CONFIG}', '--work-dir',
+                           tmp_path / 'cls', '--cfg-options', *SMALL], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert ok(proc) and (tmp_path / 'cls/epoch_1.pth').is_file()
+    for config, package, extra in [
+            ('configs/swin/mask-rcnn_swin-t-p4-w7_fpn_voc-sample.py', 'mmdet', 'det'),
+            ('configs/swin/upernet_swin-t-p4-w7_voc-sample.py', 'mmsegmentation', 'seg')]:
+        proc = subprocess.run([python, 'tools/train.py', config], cwd=REPO, env=env,
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 2, proc.stderr[-2000:]
+        err = proc.stderr.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(f'error: {config} needs {package}, which is '
+                                                   f'not installed'), err
+        assert f"pip install 'mmsparse[{extra}]'" in err[0]
 
 
 def test_pip_check_is_clean():
