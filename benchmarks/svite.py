@@ -221,7 +221,8 @@ def _train_test(config: str, work_dir: str, reuse: bool, epochs: int = 1, extra=
                             '--cfg-options', *extra], cwd=REPO, check=True,
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         subprocess.run([sys.executable, 'tools/test.py', config, ckpt, '--work-dir',
-                        osp.join(work_dir, 'test'), '--out', out], cwd=REPO, check=True,
+                        osp.join(work_dir, 'test'), '--out', out, '--out-item', 'metrics'],
+                       cwd=REPO, check=True,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     with open(out) as f:
         return float(json.load(f)['accuracy/top1'])

@@ -70,3 +70,42 @@ def data_root() -> Path:
     require_data('fashion_mnist', root)
     require_data('voc_sample', root)
     return root
+
+
+# Stand-ins for Slurm's srun and scontrol (there is no Slurm here). srun records its arguments
+# in srun.log beside it, then starts --ntasks copies of the command with the variables srun
+# gives each task, on a two-node list; scontrol records its arguments in scontrol.log and
+# expands any node list to the hosts 127.0.0.1 and node2.
+FAKE_SRUN = r'''#!/usr/bin/env bash
+echo "$*" > "$(dirname "$0")/srun.log"
+ntasks=1
+while [ $# -gt 0 ]; do
+    case $1 in
+        -p|--partition|-J) shift 2 ;;
+        --ntasks=*) ntasks=${1#--ntasks=}; shift ;;
+        -*) shift ;;
+        *) break ;;
+    esac
+done
+pids=()
+for ((i = 0; i < ntasks; i++)); do
+    SLURM_PROCID=$i SLURM_LOCALID=$i SLURM_NTASKS=$ntasks SLURM_NODELIST='node[1-2]' "$@" &
+    pids+=($!)
+done
+status=0
+for pid in "${pids[@]}"; do wait "$pid" || status=$?; done
+exit $status
+'''
+FAKE_SCONTROL = r'''#!/usr/bin/env bash
+echo "$*" >> "$(dirname "$0")/scontrol.log"
+printf '127.0.0.1\nnode2\n'
+'''
+
+
+def fake_slurm(folder: Path) -> Path:
+    """Write the srun / scontrol stand-ins into ``folder`` (to put first on PATH)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, text in (('srun', FAKE_SRUN), ('scontrol', FAKE_SCONTROL)):
+        (folder / name).write_text(text)
+        (folder / name).chmod(0o755)
+    return folder

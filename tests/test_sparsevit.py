@@ -448,12 +448,13 @@ def test_voc_sample_saa_configs_train_checkpoint_resume(name, template, first, r
 def test_cfg3_config_latency_flops_and_picture(tmp_path, data_root):
     cfg = VOC / 'mask-rcnn_sparsevit-swin-t_cfg3_voc-sample.py'
     rep = tmp_path / 'lat.json'
-    _ok(run_tool('tools/measure_latency.py', cfg, '--part', 'backbone', '--img-size', 224,
-                 '--batch-size', 1, '--warmup', 0, '--runs', 1, '--out', rep))
+    _ok(run_tool('tools/analysis_tools/measure_latency.py', cfg, '--part', 'backbone',
+                 '--img-size', 224, '--batch-size', 1, '--warmup', 0, '--runs', 1, '--out', rep))
     assert json.loads(rep.read_text())['results'][0]['part'] == 'backbone'
     png = tmp_path / 'windows.png'
-    out = _ok(run_tool('tools/visualize_windows.py', cfg, data_root / 'voc_sample/JPEGImages/'
-                       '2011_000003.jpg', '--img-size', 224, '--out', png))
+    out = _ok(run_tool('tools/visualization/visualize_windows.py', cfg,
+                       data_root / 'voc_sample/JPEGImages/2011_000003.jpg', '--img-size', 224,
+                       '--out', png))
     # 224: stage 0 has 8x8 windows, cfg3 keeps int(64 * 0.3) = 19; stage 2 has 2x2: 3, 2, 2
     assert 'stage 0: block 0: 19/64, block 1: 19/64' in out
     assert 'stage 2: block 0: 3/4, block 1: 3/4, block 2: 2/4' in out

@@ -3,7 +3,7 @@ import json
 
 import pytest
 import torch
-from mmengine.optim import OptimWrapper
+from mmengine.optim import OptimWrapper, OptimWrapperDict
 from mmengine.registry import MODELS, init_default_scope
 from mmpretrain.structures import DataSample
 
@@ -377,6 +377,46 @@ def test_stage1_needs_the_uvc_optimizers_and_stage2_a_plain_one():
     log = fixed.train_step(batch(), OptimWrapper(torch.optim.SGD(
         [p for p in fixed.parameters() if p.requires_grad], lr=0.1)))
     assert 'loss_distill' in log
+
+
+def test_amp_scales_the_weights_loss_only(monkeypatch):
+    """``--amp`` on the stage-1 config: only ``weights`` becomes an AmpOptimWrapper, and a step
+    under loss scaling gives the block gates the task gradient of a step without it."""
+    from mmsparse.utils.cli import enable_amp, load_config
+    # MMEngine's AmpOptimWrapper refuses to be built without a GPU; a CPU GradScaler (enabled
+    # on CPU, unlike the CUDA one it would make) stands in for the loss scaling below
+    monkeypatch.setattr('mmengine.device.is_cuda_available', lambda: True)
+    monkeypatch.setattr('mmengine.optim.optimizer.amp_optimizer_wrapper.is_cuda_available',
+                        lambda: True)
+    cfg = load_config(str(STAGE1))
+    enable_amp(cfg)
+    assert cfg.optim_wrapper.weights.type == 'AmpOptimWrapper'
+    assert cfg.optim_wrapper.weights.loss_scale == 'dynamic'
+    assert 'type' not in cfg.optim_wrapper  # the constructor's keys only
+    assert all(cfg.optim_wrapper[k].get('type', 'OptimWrapper') == 'OptimWrapper'
+               for k in ('arch', 'gates', 'duals', 'flops_dual'))
+    with pytest.raises(ConfigError, match='optim_wrapper.duals.type: AmpOptimWrapper'):
+        UVCOptimWrapperConstructor(dict(weights=dict(optimizer=dict(type='SGD', lr=0.)),
+                                        duals=dict(type='AmpOptimWrapper',
+                                                   optimizer=dict(type='SGD', lr=0.))))
+
+    def gate_task_grad(amp: bool):
+        model = build(backbone=dict(block_gating='soft_l0'), gating_interval=2,
+                      gating_weight=0.0)  # the gates' gradient is the task gradient alone
+        ow = optim(model)
+        if amp:
+            weights = UVCOptimWrapperConstructor(dict(weights=dict(
+                type='AmpOptimWrapper', optimizer=dict(type='AdamW', lr=0.0))))(model)['weights']
+            weights.loss_scaler = torch.amp.GradScaler('cpu', init_scale=1024.0)
+            ow = OptimWrapperDict(**{**dict(ow.items()), 'weights': weights})
+        model.train()
+        model.train_step(batch(), ow)
+        return model.gate_grad_sum.clone()
+
+    plain, scaled = gate_task_grad(False), gate_task_grad(True)
+    assert plain.abs().sum() > 0
+    # bfloat16 autocast on CPU changes the gradient a little; an unscaled one would be 1024x
+    torch.testing.assert_close(scaled, plain, rtol=0.1, atol=1e-4 * plain.abs().max().item())
 
 
 # ---- the command lines: train, resume, stage 2, compaction, test -------------------------------

@@ -1,17 +1,25 @@
 """Compact a trained sparse model: a physically smaller model, or a smaller checkpoint file.
 
-    python tools/compact.py CONFIG CHECKPOINT --out DIR [--method svite|sparse]
+    python tools/compact.py CONFIG CHECKPOINT --out DIR [--method svite|sparse|uvc]
 
 ``--method svite`` (S²ViTE, structured): the heads and MLP neurons that
 StructuredSparseTrainingHook removed are cut out; writes ``DIR/<config>_compact.py`` (the same
 config with a ``CompactVisionTransformer`` of per-layer sizes) and ``DIR/<config>_compact.pth``,
-which ``tools/test.py``, ``get_flops.py`` and ``measure_latency.py`` take like any other
-model, and checks that the compact model computes what the masked one does.
+which ``tools/test.py``, ``tools/analysis_tools/get_flops.py`` and
+``tools/analysis_tools/measure_latency.py`` take like any other model, and checks that the
+compact model computes what the masked one does.
 
 ``--method sparse`` (SViTE, unstructured): writes ``DIR/<config>_sparse.pth``, the weights as
 non-zero values + packed bitmask (smaller than the dense file below density ~0.97), loadable
 as ``sparse://DIR/<config>_sparse.pth`` wherever a checkpoint is taken (``load_from``,
 ``tools/test.py``), and checks the exact round trip.
+
+``--method uvc`` (UVC, stage 2 or the current hard architecture of stage 1): heads, head dims,
+MLP neurons and skipped blocks are removed; writes ``DIR/<config>_compact.py`` / ``.pth``,
+checks the largest logit difference to the masked model (``--atol``, e.g. 1e-5) and prints
+the compact model's traced FLOPs next to UVC's real FLOPs fraction.
+
+Every method also writes its report to ``DIR/<config>_<method>.json``.
 """
 import argparse
 import json
@@ -45,7 +53,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def _load(path: str) -> dict:
-    from mmsparse.compat import load_checkpoint_file
+    from mmsparse.checkpoint import load_checkpoint_file
     ckpt = load_checkpoint_file(path, map_location='cpu')
     if 'state_dict' not in ckpt:
         raise UserError(f'{path} has no state_dict (not a checkpoint of tools/train.py)')
@@ -146,10 +154,13 @@ def main() -> int:
     ckpt = _load(args.checkpoint)
     os.makedirs(args.out, exist_ok=True)
     name = osp.splitext(osp.basename(args.config))[0]
-    if args.method == 'uvc':  # UVC: DIR/<config>_compact.py/.pth (see tools/uvc_compact.py)
+    if args.method == 'uvc':  # UVC: DIR/<config>_compact.py/.pth
         from mmsparse.compaction.uvc import compact_checkpoint
-        report = compact_checkpoint(cfg, args.checkpoint, osp.join(args.out, f'{name}_compact'),
-                                    args.atol)
+        try:
+            report = compact_checkpoint(cfg, args.checkpoint,
+                                        osp.join(args.out, f'{name}_compact'), args.atol)
+        except ValueError as e:  # not a UVC model, or one with patch gating
+            raise UserError(f'--method uvc: {args.config}: {e}') from None
     elif args.method == 'svite':
         report = compact_svite(args, cfg, ckpt, name)
     else:
@@ -158,6 +169,12 @@ def main() -> int:
         json.dump(report, f, indent=2)
     for k, v in report.items():
         print(f'{k}: {v}')
+    if args.method == 'uvc':
+        print(f"FLOPs: compact {report['compact_macs'] / 1e9:.4f} G = "
+              f"{report['measured_flops_fraction'] * 100:.3f} % of dense "
+              f"({report['dense_macs'] / 1e9:.4f} G); UVC real fraction "
+              f"{report['real_flops_fraction'] * 100:.3f} %; params "
+              f"{report['compact_params'] / 1e6:.3f} M")
     return 0
 
 

@@ -2,7 +2,7 @@
 import argparse
 
 from mmsparse.utils import load_config, run_cli
-from mmsparse.utils.cli import (add_config_args, build_runner, check_checkpoint,
+from mmsparse.utils.cli import (add_config_args, build_runner, check_checkpoint, enable_amp,
                                  parse_tool_args, set_work_dir)
 
 
@@ -33,8 +33,7 @@ def merge_args(cfg, args):
         cfg.val_evaluator = None
     set_work_dir(cfg, args.config, args.work_dir)
     if args.amp:
-        cfg.optim_wrapper.type = 'AmpOptimWrapper'
-        cfg.optim_wrapper.setdefault('loss_scale', 'dynamic')
+        enable_amp(cfg)
     if args.resume == 'auto':
         cfg.resume = True
         cfg.load_from = None

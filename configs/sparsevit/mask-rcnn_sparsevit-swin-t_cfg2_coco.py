@@ -2,7 +2,8 @@
 # configuration on an RTX A6000, backbone at 672x672, batch 4): 36 epochs, step LR at [27, 33],
 # the schedule of mask-rcnn_sparsevit-swin-t_cfg1_coco.py.
 #   tools/dist_train.sh configs/sparsevit/mask-rcnn_sparsevit-swin-t_cfg2_coco.py 8
-#   python tools/measure_latency.py configs/sparsevit/mask-rcnn_sparsevit-swin-t_cfg2_coco.py \
+#   python tools/analysis_tools/measure_latency.py \
+#       configs/sparsevit/mask-rcnn_sparsevit-swin-t_cfg2_coco.py \
 #       --part backbone --img-size 672 --batch-size 4
 _base_ = ['./mask-rcnn_sparsevit-swin-t_cfg1_coco.py']
 

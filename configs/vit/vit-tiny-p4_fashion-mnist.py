@@ -53,6 +53,8 @@ auto_scale_lr = dict(base_batch_size=64)
 default_hooks = dict(
     logger=dict(interval=50),
     checkpoint=dict(interval=1, max_keep_ckpts=2, save_best='auto'),
+    # tools/test.py --show-dir: the 28x28 images drawn at 224x224, so that the labels are legible
+    visualization=dict(resize=224),
 )
 randomness = dict(seed=0, deterministic=False)
 env_cfg = dict(cudnn_benchmark=False, dist_cfg=dict(backend='nccl'))

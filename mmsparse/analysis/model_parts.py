@@ -5,7 +5,7 @@ logits, a segmentor's or detector's prediction (``mode='predict'`` for latency; 
 for FLOPs, because tracing needs tensor outputs).
 """
 import sys
-from typing import Any, Callable, Tuple
+from typing import Any, Callable, Tuple, Union
 
 import torch
 from torch import Tensor, nn
@@ -15,19 +15,21 @@ __all__ = ['PARTS', 'model_kind', 'make_images', 'part_module', 'part_callable']
 PARTS = ('backbone', 'model')
 
 
-def model_kind(model: nn.Module) -> str:
-    """'classifier', 'detector', 'segmentor' or 'other' (host libraries imported only if loaded)."""
+def model_kind(model: Union[nn.Module, type]) -> str:
+    """'classifier', 'detector', 'segmentor' or 'other' for a model or a model class (host
+    libraries imported only if loaded)."""
+    cls = model if isinstance(model, type) else type(model)
     if 'mmdet' in sys.modules:
         from mmdet.models.detectors import BaseDetector
-        if isinstance(model, BaseDetector):
+        if issubclass(cls, BaseDetector):
             return 'detector'
     if 'mmseg' in sys.modules:
         from mmseg.models.segmentors import BaseSegmentor
-        if isinstance(model, BaseSegmentor):
+        if issubclass(cls, BaseSegmentor):
             return 'segmentor'
     if 'mmpretrain' in sys.modules:
         from mmpretrain.models.classifiers import BaseClassifier
-        if isinstance(model, BaseClassifier):
+        if issubclass(cls, BaseClassifier):
             return 'classifier'
     return 'other'
 

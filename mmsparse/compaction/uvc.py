@@ -220,7 +220,7 @@ def max_output_diff(a: nn.Module, b: nn.Module, images: Tensor) -> float:
 
 
 def compact_checkpoint(cfg, checkpoint: str, out_prefix: str, atol: float = 1e-5) -> dict:
-    """What ``tools/compact.py --method uvc`` and ``tools/uvc_compact.py`` do.
+    """What ``tools/compact.py --method uvc`` does.
 
     Builds the UVC model of ``cfg`` with ``checkpoint``, writes the compact model
     (:func:`export_uvc_compact`), and checks it: the largest logit difference to the masked

@@ -92,6 +92,10 @@ class UVCOptimWrapperConstructor:
             duals=dict(optimizer=dict(type='SGD', lr=1e-4)),
             flops_dual=dict(optimizer=dict(type='SGD', lr=1.0)))
 
+    Mixed precision (``tools/train.py --amp``) is for ``weights`` only
+    (``weights=dict(type='AmpOptimWrapper', ...)``): the task loss is the only loss scaled; the
+    other wrappers step gradients that the primal-dual step computes in float32.
+
     Args:
         optim_wrapper_cfg: the config above without ``constructor`` (and without a top-level
             ``paramwise_cfg``, which MMEngine passes separately and which is applied to
@@ -99,6 +103,8 @@ class UVCOptimWrapperConstructor:
         paramwise_cfg: see above.
     """
     KEYS = ('weights', 'arch', 'gates', 'duals', 'flops_dual')
+    # the wrappers whose loss is scaled under --amp (read by mmsparse.utils.cli.enable_amp)
+    AMP_WRAPPERS = ('weights', )
 
     def __init__(self, optim_wrapper_cfg: dict, paramwise_cfg: Optional[dict] = None) -> None:
         cfg = dict(optim_wrapper_cfg)
@@ -120,6 +126,11 @@ class UVCOptimWrapperConstructor:
                 sub = copy.deepcopy(dict(cfg.get(key) or UVC_DEFAULT_OPTIMIZERS[key]))
             if 'optimizer' not in sub:
                 raise ConfigError(f'optim_wrapper.{key} needs an optimizer config')
+            if key not in self.AMP_WRAPPERS and 'Amp' in str(sub.get('type', '')):
+                raise ConfigError(f"optim_wrapper.{key}.type: {sub['type']} scales a loss, but "
+                                  f'the {key} step has none (its gradients come from the '
+                                  f"primal-dual step); use 'OptimWrapper' (mixed precision is "
+                                  f'for {list(self.AMP_WRAPPERS)})')
             sub.setdefault('type', 'OptimWrapper')
             self.cfgs[key] = sub
         if paramwise_cfg and 'paramwise_cfg' not in self.cfgs['weights']:

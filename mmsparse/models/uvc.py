@@ -734,6 +734,7 @@ class UVCClassifier(FrozenTeacherMixin, ImageClassifier):
             losses = self._run_forward(data, mode='loss')
         parsed, log_vars = self.parse_losses(losses)
         ow.backward(ow.scale_loss(parsed))
+        self._unscale_gate_grad(ow)
         self._average_gradients(ow)
         if ow.should_update():
             ow.step()
@@ -755,6 +756,18 @@ class UVCClassifier(FrozenTeacherMixin, ImageClassifier):
         self._primal_dual_step(optim_wrapper, self._normalized(scores), masks)
         bb.refresh_masks()
         return self._log(log_vars, warm)
+
+    def _unscale_gate_grad(self, weights_wrapper) -> None:
+        """Mixed precision (an ``AmpOptimWrapper`` for ``weights``): the backward of the scaled
+        loss gave the block gates a scaled task gradient, which the weights' scaler does not
+        unscale (the gates are not in its optimizer). Divide it by the scale; drop a non-finite
+        one (the scaler skips that step for the weights too)."""
+        gates = self.uvc_backbone.block_gates
+        scaler = getattr(weights_wrapper, 'loss_scaler', None)
+        if scaler is None or gates is None or gates.grad is None:
+            return
+        grad = gates.grad / scaler.get_scale()  # get_scale() is 1.0 for a disabled scaler
+        gates.grad = grad if bool(torch.isfinite(grad).all()) else None
 
     def _average_gradients(self, weights_wrapper) -> None:
         """Multi-process: average the task gradients (weights and block gates) over processes

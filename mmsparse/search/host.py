@@ -6,8 +6,9 @@ config into what :class:`~mmsparse.search.evolution.EvolutionSearch` needs:
 - the search settings (``search_cfg`` of the config, overridden by the command line) and the
   candidate set (for window ratios, by default the config's ``SparsityAwareAdaptationHook``
   candidates, else the hook's defaults: one candidate set for training and search);
-- ``latency_fn``: the same code as ``tools/measure_latency.py`` (``measure_latency`` of
-  ``part_callable`` on ``make_images``), trimmed mean per rank, median over ranks;
+- ``latency_fn``: the same code as ``tools/analysis_tools/measure_latency.py``
+  (``measure_latency`` of ``part_callable`` on ``make_images``), trimmed mean per rank, median
+  over ranks;
 - ``score_fn``: the config's evaluator on its val (or test) set through the Runner's dataloader
   and evaluator, every rank evaluating its shard (the distributed sampler) and MMEngine's
   evaluator collecting them. No hooks run, so e.g. the SAA hook cannot reset the ratios and no

@@ -1,7 +1,8 @@
 """Draw the tokens a DynamicViT backbone keeps at each pruning stage over an image (MMEngine
 Visualizer), as in the paper's figures: dropped patches blanked, one panel per stage.
 
-    python tools/visualize_tokens.py CONFIG CHECKPOINT IMAGE [--out tokens.png] [--scale S]
+    python tools/visualization/visualize_tokens.py CONFIG CHECKPOINT IMAGE [--out tokens.png]
+        [--scale S]
 
 Panels, side by side: the image as the network sees it (resized to the backbone's ``img_size``),
 then after each pruning location the patches still kept (the model in eval mode: the
@@ -109,7 +110,7 @@ def main() -> int:
     picture = token_panels(rgb, patch, grid, kept, [len(k) for k in kept], scale)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)) or '.', exist_ok=True)
     mmcv.imwrite(picture[..., ::-1], args.out)
-    from mmsparse.compat import load_checkpoint_file
+    from mmsparse.checkpoint import load_checkpoint_file
     meta = load_checkpoint_file(args.checkpoint, map_location='cpu').get('meta') or {}
     classes = (meta.get('dataset_meta') or {}).get('classes')
     label = int(scores.argmax())

@@ -1,7 +1,7 @@
 """Draw the windows a SparseViT backbone keeps, per stage, over an image (MMEngine Visualizer).
 
-    python tools/visualize_windows.py CONFIG [CHECKPOINT] IMAGE [--ratios JSON] [--img-size H [W]]
-        [--out windows.png]
+    python tools/visualization/visualize_windows.py CONFIG [CHECKPOINT] IMAGE [--ratios JSON]
+        [--img-size H [W]] [--out windows.png]
 
 One panel per stage, side by side: the image as the network sees it (resized), pruned windows
 darkened, kept windows outlined, for the first pruned W-MSA (unshifted) block of the stage (later
