@@ -180,3 +180,24 @@ def test_older_torch_keeps_mmengine_loaders(monkeypatch):
     monkeypatch.delattr(torch.serialization, 'safe_globals')
     assert register_checkpoint_loaders() is False
     assert CheckpointLoader._schemes == schemes
+
+
+def test_tools_report_bad_checkpoints_in_one_line(tmp_path, data_root):
+    from tests.conftest import DEMO_CONFIG, run_tool
+    corrupt = tmp_path / 'corrupt.pth'
+    corrupt.write_bytes(b'not a checkpoint\n' * 8)
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(('127.0.0.1', 0))
+        url = f'http://127.0.0.1:{s.getsockname()[1]}/epoch_1.pth'
+    svite = 'configs/svite/svite-vit-tiny-p4_density0.5_fashion-mnist.py'
+    for args, needle in [
+            (('tools/test.py', DEMO_CONFIG, corrupt, '--work-dir', tmp_path / 'w'),
+             'is not a readable PyTorch checkpoint'),
+            (('tools/compact.py', svite, corrupt, '--out', tmp_path / 'c', '--method', 'svite'),
+             'is not a readable PyTorch checkpoint'),
+            (('tools/test.py', DEMO_CONFIG, url, '--work-dir', tmp_path / 'w'),
+             f'cannot download checkpoint {url}')]:
+        proc = run_tool(*args)
+        assert proc.returncode == 2, proc.stderr[-2000:]
+        err = proc.stderr.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith('error: ') and needle in err[0], err
