@@ -130,7 +130,7 @@ def load_checkpoint_url(url: str, map_location=None, model_dir: Optional[str] = 
                                   f'path)') from None
     if world_size > 1:
         barrier()
-    return _torch_load(path, map_location, url)
+    return _torch_load(path, map_location, f'{url} (downloaded to {path})')
 
 
 def _load_zoo(filename: str, map_location=None) -> dict:
