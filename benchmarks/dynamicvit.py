@@ -23,10 +23,8 @@ import argparse
 import copy
 import os
 import os.path as osp
-import statistics
 import sys
 import tempfile
-import time
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 DV_DEIT_S = osp.join(REPO, 'configs/dynamicvit/dynamicvit-deit-small_8xb128_in1k.py')
@@ -81,41 +79,49 @@ def deit_models(device: str) -> dict:
             'plain top-k by token norm, same keep counts': norm}
 
 
-def train_step_times(models: dict, batch: int, runs: int, device: str) -> dict:
-    """Median / trimmed-mean seconds of one training step per model, interleaved."""
+def train_step_fns(models: dict, batch: int, device: str, dtype=None) -> dict:
+    """name -> a zero-argument training step (forward, loss, backward, AdamW step) of the model
+    on one fixed batch of random 224x224 images; ``dtype`` (e.g. ``torch.bfloat16``): the forward
+    under autocast to it (parameters and optimizer state stay float32)."""
+    import contextlib
+
     import torch
     from mmengine.optim import OptimWrapper
     from mmpretrain.structures import DataSample
 
-    from mmsparse.analysis import trimmed_mean
     x = torch.randn(batch, 3, 224, 224, device=device)
     samples = [DataSample().set_gt_label(i % 1000).to(device) for i in range(batch)]
-    wrappers = {}
-    for name, model in models.items():
+    device_type = torch.device(device).type
+
+    def make(model):
         params = [p for p in model.parameters() if p.requires_grad]
-        wrappers[name] = OptimWrapper(torch.optim.AdamW(params, lr=1e-6))
+        wrapper = OptimWrapper(torch.optim.AdamW(params, lr=1e-6))
 
-    def step(name):
-        model = models[name]
-        model.train()
-        losses = model(x, samples, mode='loss')
-        loss, _ = model.parse_losses(losses)
-        wrappers[name].update_params(loss)
-        if device.startswith('cuda'):
-            torch.cuda.synchronize()
+        def step():
+            model.train()
+            with (torch.autocast(device_type, dtype=dtype) if dtype is not None
+                  else contextlib.nullcontext()):
+                losses = model(x, samples, mode='loss')
+            loss, _ = model.parse_losses(losses)
+            wrapper.update_params(loss)
 
-    times = {name: [] for name in models}
-    for name in models:  # warm-up (and the teacher's copy of the student)
-        step(name)
-    for _ in range(runs):
-        for name in models:
-            start = time.perf_counter()
-            step(name)
-            times[name].append(time.perf_counter() - start)
-    ref = trimmed_mean(times[next(iter(models))])
-    return {name: dict(trimmed_mean_s=trimmed_mean(t), median_s=statistics.median(t),
-                       ratio=trimmed_mean(t) / ref, runs=runs, batch=batch)
-            for name, t in times.items()}
+        return step
+
+    return {name: make(model) for name, model in models.items()}
+
+
+def train_step_times(models: dict, batch: int, runs: int, device: str, warmup: int = 1,
+                     dtype=None) -> dict:
+    """Trimmed-mean / median seconds of one training step per model, interleaved in one run
+    (:func:`mmsparse.analysis.measure_latency`, autograd on); ``ratio``: against the first."""
+    from mmsparse.analysis import measure_latency
+    # warm-up: the first step of a DynamicViT with a teacher also copies the student
+    lat = measure_latency(train_step_fns(models, batch, device, dtype), warmup=warmup,
+                          runs=runs, grad=True)
+    ref = lat[next(iter(models))].trimmed_mean_ms
+    return {name: dict(trimmed_mean_s=r.trimmed_mean_ms / 1e3, median_s=r.median_ms / 1e3,
+                       ratio=r.trimmed_mean_ms / ref, runs=runs, batch=batch)
+            for name, r in lat.items()}
 
 
 def fashion_run(config: str, work_dir: str, load_from: str, options: dict = None) -> float:

@@ -58,6 +58,60 @@ def build_models(device: str) -> dict:
     return models
 
 
+DENSE_CFG = f'{REPO}/configs/sparsevit/mask-rcnn_sparsevit-swin-t_coco.py'  # all ratios 0
+
+
+def build_backbones(device: str, mmdet_reference: bool = True) -> dict:
+    """The Swin-T backbones of the SparseViT Mask R-CNN configs, all holding the same weights.
+
+    ``'Swin-T dense'`` is the backbone of ``mask-rcnn_sparsevit-swin-t_coco.py`` (every window
+    ratio 0: the dense Swin's computation); then cfg1 / cfg2 / cfg3. Only the backbones are built,
+    so neither mmdet's models nor mmcv's compiled ops are imported (the configs still inherit
+    from mmdet's, so mmdet must be installed). With ``mmdet_reference``, mmdet's own
+    ``SwinTransformer`` is added as ``'Swin-T dense (mmdet)'`` where its models import (mmcv with
+    compiled ops), as a check of the reference.
+    """
+    import torch
+    from mmengine.registry import MODELS
+
+    from mmsparse.utils.cli import setup_scope
+
+    def backbone(path: str):
+        cfg = load_config(path)
+        setup_scope(cfg)
+        return MODELS.build(cfg.model.backbone)
+
+    torch.manual_seed(0)
+    dense = backbone(DENSE_CFG)
+    dense.init_weights()
+    with torch.no_grad():  # the relative position tables start at 0; give them values
+        for name, p in dense.named_parameters():
+            if 'relative_position_bias_table' in name:
+                p.normal_(0, 0.02)
+    models = {'Swin-T dense': dense}
+    for name, path in SPARSE_CFGS.items():
+        models[name] = backbone(path)
+    if mmdet_reference:
+        try:
+            import mmdet.models  # noqa: F401  (needs mmcv's compiled ops)
+        except ImportError:
+            pass
+        else:
+            with tempfile.TemporaryDirectory() as tmp:
+                path = os.path.join(tmp, 'cfg.py')
+                with open(path, 'w') as f:
+                    f.write(f"_base_ = ['{DENSE_ZOO}']\n")
+                cfg = load_config(path)
+            models['Swin-T dense (mmdet)'] = MODELS.build(dict(cfg.model.backbone,
+                                                               _scope_='mmdet'))
+    for model in models.values():
+        if model is not dense:
+            model.load_state_dict(dense.state_dict(), strict=True)
+    for model in models.values():
+        model.to(device).eval()  # (mmdet's SwinTransformer.train returns None: no chaining)
+    return models
+
+
 def stage_times(backbone, images, runs: int) -> list:
     """Median ms of patch embedding, each stage (blocks + downsample) and the output norms."""
     import torch

@@ -40,46 +40,57 @@ def log(msg: str) -> None:
 
 
 # ---- DeiT-S: search, compaction, latency ------------------------------------------------------
-def deit_part(args) -> dict:
+UVC_DEIT_HEAD = dict(type='mmpretrain.VisionTransformerClsHead', num_classes=1000, in_channels=384)
+UVC_DEIT_PREPROCESSOR = dict(type='mmpretrain.ClsDataPreprocessor', num_classes=1000,
+                             mean=[123.675, 116.28, 103.53], std=[58.395, 57.12, 57.375],
+                             to_rgb=True)
+
+
+def search_deit_compact(steps: int = 60, batch: int = 4, arch_lr: float = 1e-3, zlr: float = 1.0,
+                        round_to: int = 8, budget: float = 0.5, log=log) -> dict:
+    """UVC stage 1 on DeiT-S shapes (synthetic images, random init, CPU), projected to the budget
+    and compacted: the compact DeiT-S that UVC's search yields at ``budget``.
+
+    Returns:
+        ``model`` (the searched UVC model, eval), ``compact`` (the compact classifier, eval, CPU),
+        ``uvc_cfg``, ``compact_cfg``, ``trace`` (FLOPs per step), ``real_flops_end_of_search``,
+        ``projected_groups``, ``real_flops_final``, ``max_logit_diff`` (compact vs masked).
+    """
     import torch
     from mmengine.registry import MODELS, init_default_scope
     from mmpretrain.structures import DataSample
 
-    from mmsparse.analysis.report import markdown_table, profile_models
     from mmsparse.compaction.uvc import compact_uvc_model, max_output_diff
     from mmsparse.engine.uvc_optim import UVCOptimWrapperConstructor
 
     init_default_scope('mmsparse')
     torch.manual_seed(0)
-    head = dict(type='mmpretrain.VisionTransformerClsHead', num_classes=1000, in_channels=384)
-    pre = dict(type='mmpretrain.ClsDataPreprocessor', num_classes=1000,
-               mean=[123.675, 116.28, 103.53], std=[58.395, 57.12, 57.375], to_rgb=True)
     uvc_cfg = dict(
-        type='mmsparse.UVCClassifier', _scope_='mmpretrain', budget=0.5, warmup_epochs=0,
+        type='mmsparse.UVCClassifier', _scope_='mmpretrain', budget=budget, warmup_epochs=0,
         distill=False, dual_init=0.1, arch_grad_clip=2.0, arch_precondition='flops',
         score_normalize='sum', resource_penalty=40.0, gating_interval=10,
         backbone=dict(type='mmsparse.UVCVisionTransformer', arch='deit-small', img_size=224,
                       patch_size=16, block_gating='gumbel'),
-        head=head, data_preprocessor=pre)
+        head=UVC_DEIT_HEAD, data_preprocessor=UVC_DEIT_PREPROCESSOR)
     model = MODELS.build(copy.deepcopy(uvc_cfg))
     model.init_weights()
     ow = UVCOptimWrapperConstructor(dict(
         weights=dict(optimizer=dict(type='AdamW', lr=1e-4, weight_decay=0.05),
                      clip_grad=dict(max_norm=1.0)),
-        arch=dict(optimizer=dict(type='SGD', lr=args.deit_arch_lr)),
+        arch=dict(optimizer=dict(type='SGD', lr=arch_lr)),
         gates=dict(optimizer=dict(type='SGD', lr=0.1, momentum=0.9, weight_decay=1e-4)),
         duals=dict(optimizer=dict(type='SGD', lr=1e-4)),
-        flops_dual=dict(optimizer=dict(type='SGD', lr=args.deit_zlr))))(model)
+        flops_dual=dict(optimizer=dict(type='SGD', lr=zlr))))(model)
     g = torch.Generator().manual_seed(0)
     model.train()
     trace = []
     t0 = time.time()
-    for step in range(args.deit_steps):
+    for step in range(steps):
         data = dict(inputs=[torch.randint(0, 256, (3, 224, 224), generator=g, dtype=torch.uint8)
-                            for _ in range(args.deit_batch)],
+                            for _ in range(batch)],
                     data_samples=[DataSample().set_gt_label(int(torch.randint(1000, (1, ),
                                                                               generator=g)))
-                                  for _ in range(args.deit_batch)])
+                                  for _ in range(batch)])
         out = model.train_step(data, ow)
         trace.append(dict(step=step + 1, flops_expected=out['flops_expected'],
                           flops_real=out['flops_real']))
@@ -87,13 +98,31 @@ def deit_part(args) -> dict:
             log(f'DeiT-S search step {step + 1}: FLOPs expected {out["flops_expected"]:.4f}, '
                 f'real {out["flops_real"]:.4f} ({time.time() - t0:.0f} s)')
     real_end = model.flops_fraction(hard=True)
-    projected = model.project_to_budget(multiple=args.round_to)
+    projected = model.project_to_budget(multiple=round_to)
     real_final = model.flops_fraction(hard=True)
     log(f'DeiT-S search done: real FLOPs {real_end:.4f} at the last step; end-of-search '
         f'projection removed {projected} groups -> {real_final:.4f}')
     model.eval()
     compact, ccfg = compact_uvc_model(model, uvc_cfg)
     diff = max_output_diff(model, compact, torch.randn(2, 3, 224, 224))
+    return dict(model=model, compact=compact.eval(), uvc_cfg=uvc_cfg, compact_cfg=ccfg,
+                trace=trace, real_flops_end_of_search=real_end, projected_groups=projected,
+                real_flops_final=real_final, max_logit_diff=diff)
+
+
+def deit_part(args) -> dict:
+    from mmengine.registry import MODELS
+
+    from mmsparse.analysis.report import markdown_table, profile_models
+
+    found = search_deit_compact(args.deit_steps, args.deit_batch, args.deit_arch_lr,
+                                args.deit_zlr, args.round_to)
+    model, compact, ccfg, trace = (found['model'], found['compact'], found['compact_cfg'],
+                                   found['trace'])
+    real_end, projected, real_final, diff = (found['real_flops_end_of_search'],
+                                             found['projected_groups'],
+                                             found['real_flops_final'], found['max_logit_diff'])
+    head, pre = UVC_DEIT_HEAD, UVC_DEIT_PREPROCESSOR
     dense = MODELS.build(dict(type='mmpretrain.ImageClassifier', _scope_='mmpretrain',
                               backbone=dict(type='VisionTransformer', arch='deit-small',
                                             img_size=224, patch_size=16),

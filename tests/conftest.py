@@ -109,3 +109,15 @@ def fake_slurm(folder: Path) -> Path:
         (folder / name).write_text(text)
         (folder / name).chmod(0o755)
     return folder
+
+
+def one_error_line(proc: subprocess.CompletedProcess, *needles: str) -> str:
+    """Assert a tool ended with exit status 2 and one ``error: ...`` line on stderr holding every
+    needle, without a traceback; return that line."""
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    err = proc.stderr.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith('error: '), proc.stderr[-2000:]
+    for needle in needles:
+        assert needle in err[0], err[0]
+    assert 'Traceback' not in proc.stderr
+    return err[0]

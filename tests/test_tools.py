@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from mmsparse.checkpoint import load_checkpoint_file
-from tests.conftest import (DEMO_CONFIG, DET_CONFIG, REPO, SEG_CONFIG, fake_slurm, ok, run_tool,
-                            small_config, tool_env)
+from tests.conftest import (DEMO_CONFIG, DET_CONFIG, REPO, SEG_CONFIG, fake_slurm, ok,
+                            one_error_line, run_tool, small_config, tool_env)
 
 # A small, augmentation-free slice of the demo config, so that an interrupted-and-resumed run
 # must reproduce an uninterrupted one exactly.
@@ -217,26 +217,17 @@ def test_det_and_seg_configs_train_on_voc_samples(config, metric, tmp_path, data
     assert list(tmp_path.glob('*.pth'))
 
 
-def _one_error_line(proc, *needles):
-    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
-    err = proc.stderr.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith('error: '), proc.stderr[-2000:]
-    for needle in needles:
-        assert needle in err[0], err[0]
-    assert 'Traceback' not in proc.stderr
-
-
 def test_user_errors_are_one_clear_line(tmp_path):
-    _one_error_line(run_tool('tools/train.py', 'configs/nope.py'), 'config file not found',
+    one_error_line(run_tool('tools/train.py', 'configs/nope.py'), 'config file not found',
                     'configs/nope.py')
-    _one_error_line(run_tool('tools/test.py', DEMO_CONFIG, tmp_path / 'missing.pth'),
+    one_error_line(run_tool('tools/test.py', DEMO_CONFIG, tmp_path / 'missing.pth'),
                     'checkpoint not found', 'missing.pth')
-    _one_error_line(run_tool('tools/analysis_tools/measure_latency.py', DEMO_CONFIG,
+    one_error_line(run_tool('tools/analysis_tools/measure_latency.py', DEMO_CONFIG,
                              '--batch-sizes', 0), '--batch-sizes', 'positive')
-    _one_error_line(run_tool('tools/analysis_tools/get_flops.py', DEMO_CONFIG, '--cfg-options',
+    one_error_line(run_tool('tools/analysis_tools/get_flops.py', DEMO_CONFIG, '--cfg-options',
                              'model.backbone.type=NoSuchBackbone'),
                     "model.backbone.type: 'NoSuchBackbone'", 'not a registered model')
-    _one_error_line(run_tool('tools/train.py', DEMO_CONFIG, '--work-dir', tmp_path,
+    one_error_line(run_tool('tools/train.py', DEMO_CONFIG, '--work-dir', tmp_path,
                              env=tool_env(MMSPARSE_DATA=str(tmp_path / 'nodata'))),
                     'train_dataloader.dataset.data_root', 'MMSPARSE_DATA', 'make install')
 
@@ -244,18 +235,18 @@ def test_user_errors_are_one_clear_line(tmp_path):
 def test_test_and_launch_flag_errors_are_one_clear_line(tmp_path, data_root):
     ckpt = tmp_path / 'any.pth'  # the flags are refused before it is read
     ckpt.write_bytes(b'')
-    _one_error_line(run_tool('tools/test.py', DEMO_CONFIG, ckpt, '--out-item', 'metrics'),
+    one_error_line(run_tool('tools/test.py', DEMO_CONFIG, ckpt, '--out-item', 'metrics'),
                     '--out-item metrics needs --out')
-    _one_error_line(run_tool('tools/test.py', DEMO_CONFIG, ckpt, '--out', 'preds.json'),
+    one_error_line(run_tool('tools/test.py', DEMO_CONFIG, ckpt, '--out', 'preds.json'),
                     '--out preds.json', '.pkl', '--out-item metrics')
-    _one_error_line(run_tool('tools/test.py', DEMO_CONFIG, ckpt, '--out', 'm.txt',
+    one_error_line(run_tool('tools/test.py', DEMO_CONFIG, ckpt, '--out', 'm.txt',
                              '--out-item', 'metrics'), '--out m.txt', '.json')
-    _one_error_line(run_tool('tools/test.py', DEMO_CONFIG, ckpt, '--tta'),
+    one_error_line(run_tool('tools/test.py', DEMO_CONFIG, ckpt, '--tta'),
                     '--tta', 'tta_model / tta_pipeline')
-    _one_error_line(run_tool('tools/test.py', DEMO_CONFIG, ckpt, '--interval', 0),
+    one_error_line(run_tool('tools/test.py', DEMO_CONFIG, ckpt, '--interval', 0),
                     '--interval must be >= 1')
     env = {k: v for k, v in tool_env().items() if not k.startswith('SLURM_')}
-    _one_error_line(run_tool('tools/train.py', DEMO_CONFIG, '--work-dir', tmp_path,
+    one_error_line(run_tool('tools/train.py', DEMO_CONFIG, '--work-dir', tmp_path,
                              '--launcher', 'slurm', env=env),
                     '--launcher slurm needs a Slurm launch', 'srun')
 
@@ -264,7 +255,7 @@ def test_test_and_launch_flag_errors_are_one_clear_line(tmp_path, data_root):
 def test_amp_without_gpu_is_one_clear_line(tmp_path, data_root):
     # the UVC stage-1 config (several optimizer wrappers) is refused like the others, at start
     for config in (DEMO_CONFIG, REPO / 'configs/uvc/uvc-vit-tiny-p4_stage1_fashion-mnist.py'):
-        _one_error_line(run_tool('tools/train.py', config, '--work-dir', tmp_path, '--amp'),
+        one_error_line(run_tool('tools/train.py', config, '--work-dir', tmp_path, '--amp'),
                         '--amp needs a GPU')
 
 
@@ -273,10 +264,10 @@ def test_bad_config_values_are_one_clear_line(tmp_path, data_root):
     proc = run_tool('tools/train.py', 'configs/dynamicvit/dynamicvit-vit-tiny-p4_'
                     'fashion-mnist.py', '--work-dir', tmp_path, '--cfg-options',
                     'model.backbone.keep_rate=1.5')
-    _one_error_line(proc, 'keep_rate must be in (0, 1]', '1.5')
+    one_error_line(proc, 'keep_rate must be in (0, 1]', '1.5')
     assert 'Config:' not in proc.stdout  # the Runner logs its config once everything is built
     # a hook argument, checked against the model when training starts
-    _one_error_line(run_tool('tools/train.py', 'configs/svite/svite-vit-tiny-p4_density0.5_'
+    one_error_line(run_tool('tools/train.py', 'configs/svite/svite-vit-tiny-p4_density0.5_'
                              'fashion-mnist.py', '--work-dir', tmp_path, '--cfg-options',
                              'custom_hooks.0.layers=[nope]'),
                     'custom_hooks.SparseTrainingHook.layers', "'nope' matches no parameter")

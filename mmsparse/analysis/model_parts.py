@@ -15,22 +15,24 @@ __all__ = ['PARTS', 'model_kind', 'make_images', 'part_module', 'part_callable']
 PARTS = ('backbone', 'model')
 
 
+# (kind, the host module that defines its base class, that class)
+_HOST_BASES = (('detector', 'mmdet.models.detectors.base', 'BaseDetector'),
+               ('segmentor', 'mmseg.models.segmentors.base', 'BaseSegmentor'),
+               ('classifier', 'mmpretrain.models.classifiers.base', 'BaseClassifier'))
+
+
 def model_kind(model: Union[nn.Module, type]) -> str:
-    """'classifier', 'detector', 'segmentor' or 'other' for a model or a model class (host
-    libraries imported only if loaded)."""
+    """'classifier', 'detector', 'segmentor' or 'other' for a model or a model class.
+
+    Nothing is imported: a model of a host library's kind has that library's base-class module
+    loaded already. (A host that is merely installed may not import at all: mmdet's models need
+    mmcv's compiled ops, which mmcv-lite lacks, while mmpretrain still imports ``mmdet``.)
+    """
     cls = model if isinstance(model, type) else type(model)
-    if 'mmdet' in sys.modules:
-        from mmdet.models.detectors import BaseDetector
-        if issubclass(cls, BaseDetector):
-            return 'detector'
-    if 'mmseg' in sys.modules:
-        from mmseg.models.segmentors import BaseSegmentor
-        if issubclass(cls, BaseSegmentor):
-            return 'segmentor'
-    if 'mmpretrain' in sys.modules:
-        from mmpretrain.models.classifiers import BaseClassifier
-        if issubclass(cls, BaseClassifier):
-            return 'classifier'
+    for kind, module, base in _HOST_BASES:
+        base_cls = getattr(sys.modules.get(module), base, None)
+        if base_cls is not None and issubclass(cls, base_cls):
+            return kind
     return 'other'
 
 
