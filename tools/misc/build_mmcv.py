@@ -129,8 +129,10 @@ def build(plan: Plan, cache: str, mmcv_version: str) -> str:
           f'{plan.env["MAX_JOBS"]}; ~6 min on 2 cores for CPU ops) into {folder}', flush=True)
     os.makedirs(cache, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=cache) as tmp:
-        subprocess.run([sys.executable, '-m', 'pip', 'wheel', '-q', '--no-build-isolation',
-                        '--no-deps', '-w', tmp, f'mmcv=={mmcv_version}'],
+        # --no-cache-dir: pip's own cache of wheels built from sdists is not keyed by torch or
+        # CUDA, so it could hand back a CPU-only build made elsewhere (a shared home).
+        subprocess.run([sys.executable, '-m', 'pip', 'wheel', '-q', '--no-cache-dir',
+                        '--no-build-isolation', '--no-deps', '-w', tmp, f'mmcv=={mmcv_version}'],
                        env=dict(os.environ, **plan.env), check=True)
         built = find_wheel(tmp, mmcv_version)
         if built is None:
