@@ -248,3 +248,13 @@ def test_mmcv_build_bad_mode_is_one_line_and_builds_nothing(tmp_path):
     assert one_error_line(proc) == \
         "error: --mode (MMSPARSE_MMCV) must be one of auto, cpu, cuda, got 'gpu'"
     assert not (tmp_path / 'cache').exists()
+
+
+def test_config_loader_without_pkg_resources_names_the_fix(tmp_path, monkeypatch):
+    """mmengine's loader of `mmpretrain::` bases imports pkg_resources (gone in setuptools 81)."""
+    from mmsparse.utils import UserError, load_config
+    cfg = tmp_path / 'cfg.py'
+    cfg.write_text("_base_ = ['mmpretrain::deit/deit-small_4xb256_in1k.py']\n")
+    monkeypatch.setitem(sys.modules, 'pkg_resources', None)  # `import pkg_resources` fails
+    with pytest.raises(UserError, match=r"needs pkg_resources, .*pip install 'setuptools<81'"):
+        load_config(str(cfg))

@@ -25,9 +25,14 @@ class UserError(Exception):
     """An error in what the user asked for; reported as one line, without a traceback."""
 
 
-# The host libraries a config can inherit from -> mmsparse's extra that installs them.
-EXTRAS = {'mmdet': 'det', 'mmsegmentation': 'seg', 'mmseg': 'seg', 'torchpack': 'mpi',
-          'mpi4py': 'mpi'}
+# What a config may import that is not installed -> how to install it.
+HOW_TO_INSTALL = {
+    'mmdet': "pip install 'mmsparse[det]'", 'mmsegmentation': "pip install 'mmsparse[seg]'",
+    'mmseg': "pip install 'mmsparse[seg]'", 'torchpack': "pip install 'mmsparse[mpi]'",
+    'mpi4py': "pip install 'mmsparse[mpi]'",
+    # mmengine's config loader imports pkg_resources, which setuptools 81 removed
+    'pkg_resources': "pip install 'setuptools<81'",
+}
 
 
 def run_cli(main: Callable[[], Optional[int]]) -> None:
@@ -69,8 +74,7 @@ def load_config(path: str, cfg_options: Optional[dict] = None) -> Config:
         cfg = Config.fromfile(path)
     except ModuleNotFoundError as e:  # `_base_ = 'mmdet::...'` without mmdet, a custom import
         package = getattr(e, 'name', None) or str(e).split()[0]
-        extra = EXTRAS.get(package)
-        how = (f"pip install 'mmsparse[{extra}]'" if extra else f'install {package}')
+        how = HOW_TO_INSTALL.get(package, f'install {package}')
         raise UserError(f'{path} needs {package}, which is not installed ({e}); {how}') from None
     if cfg_options:
         cfg.merge_from_dict(cfg_options)
