@@ -133,7 +133,7 @@ def load_checkpoint_url(url: str, map_location=None, model_dir: Optional[str] = 
     return _torch_load(path, map_location, f'{url} (downloaded to {path})')
 
 
-def _load_zoo(filename: str, map_location=None) -> dict:
+def load_from_zoo(filename: str, map_location=None) -> dict:
     """``torchvision://NAME``, ``open-mmlab://NAME``, ...: MMEngine's name -> URL tables."""
     from mmengine.runner import checkpoint as mmengine_ckpt
 
@@ -150,7 +150,8 @@ def _load_zoo(filename: str, map_location=None) -> dict:
     return load_checkpoint_url(url, map_location)
 
 
-def _load_sparse(filename: str, map_location=None) -> dict:
+def load_from_sparse(filename: str, map_location=None) -> dict:
+    """``sparse://PATH``: a values + bitmask file of ``tools/compact.py --method sparse``."""
     from .compaction.sparse_ckpt import load_sparse_checkpoint
     return load_sparse_checkpoint(filename, map_location)
 
@@ -179,18 +180,12 @@ def register_checkpoint_loaders() -> bool:
     if not hasattr(torch.serialization, 'safe_globals'):
         return False
 
-    # MMEngine logs "Loads checkpoint by <name[10:]> backend": keep its names.
+    # MMEngine logs "Loads checkpoint by <name[10:]> backend": the loaders are named load_from_*.
     def load_from_local(filename, map_location=None):
         return load_checkpoint_file(filename, map_location)
 
     def load_from_http(filename, map_location=None):
         return load_checkpoint_url(filename, map_location)
-
-    def load_from_zoo(filename, map_location=None):
-        return _load_zoo(filename, map_location)
-
-    def load_from_sparse(filename, map_location=None):
-        return _load_sparse(filename, map_location)
 
     _register('', load_from_local, 'load_from_local')
     _register(('http://', 'https://'), load_from_http, 'load_from_http')
