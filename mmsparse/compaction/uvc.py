@@ -25,7 +25,8 @@ __all__ = ['uvc_compact_layers', 'compact_backbone_cfg', 'compact_model_cfg',
 
 
 def _uvc_model(model: nn.Module):
-    from mmsparse.models.uvc import UVCClassifier, _unwrap
+    from mmsparse.models.uvc import _unwrap
+    from mmsparse.models.uvc_classifier import UVCClassifier
     model = _unwrap(model)
     if not isinstance(model, UVCClassifier):
         raise ValueError(f'UVC compaction needs a mmsparse.UVCClassifier, got '

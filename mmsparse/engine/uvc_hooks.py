@@ -25,7 +25,7 @@ __all__ = ['UVCHook', 'UVCCompactHook', 'format_architecture']
 
 def _uvc(runner):
     model = unwrap_model(runner.model)
-    from mmsparse.models.uvc import UVCClassifier
+    from mmsparse.models.uvc_classifier import UVCClassifier
     if not isinstance(model, UVCClassifier):
         raise ConfigError(f'UVC hooks need a mmsparse.UVCClassifier model, got '
                           f'{type(model).__name__}')

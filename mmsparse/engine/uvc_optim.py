@@ -137,7 +137,7 @@ class UVCOptimWrapperConstructor:
             self.cfgs['weights']['paramwise_cfg'] = paramwise_cfg
 
     def __call__(self, model: nn.Module) -> OptimWrapperDict:
-        from mmsparse.models.uvc import UVCClassifier
+        from mmsparse.models.uvc_classifier import UVCClassifier
         module = model.module if hasattr(model, 'module') else model
         if not isinstance(module, UVCClassifier):
             raise ConfigError(f'UVCOptimWrapperConstructor builds the optimizers of a '
