@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from mmsparse.ops import dst
-from mmsparse.ops.token_select import gumbel_topk_st, token_keep_count, topk_indices
+from mmsparse.ops.tokens import gumbel_topk_st, topk_indices
+from mmsparse.ops.tokens import keep_count as token_keep_count
 
 
 def deit_shapes(C: int, depth: int = 12, num_classes: int = 1000, patch: int = 16) -> dict:
@@ -118,6 +119,21 @@ def test_prune_then_grow_keeps_the_count_and_lets_pruned_weights_return():
     new = dst.gradient_growth(after, grad, n)
     assert int(new.sum()) == int(mask.sum())
     assert torch.equal(new, mask)  # they all come back
+
+
+def test_magnitude_prune_regrow_hand_computed():
+    w = torch.tensor([0.9, -0.1, 0.0, 0.5, -0.3, 0.0, 0.7, 0.2])
+    mask = torch.tensor([1, 1, 0, 1, 1, 0, 1, 1], dtype=torch.bool)
+    grad = torch.tensor([0.0, 0.0, 4.0, 0.0, 3.0, 1.0, 0.0, 0.5])
+    # death as above removes -0.1, -0.3, 0.2 (indices 1, 4, 7); growth takes the 3 inactive
+    # entries of largest |grad|: 2 (4.0), 4 (3.0, just removed: it comes back), 5 (1.0)
+    after, new = dst.magnitude_prune_regrow(w, mask, 0.5, grad)
+    assert after.tolist() == [True, False, False, True, False, False, True, False]
+    assert new.tolist() == [True, False, True, True, True, True, True, False]
+    # random growth: as many entries, drawn by the generator exactly as random_growth draws
+    after, new = dst.magnitude_prune_regrow(w, mask, 0.5, None, torch.Generator().manual_seed(4))
+    ref = dst.random_growth(after, 3, torch.Generator().manual_seed(4))
+    assert torch.equal(new, ref) and int(new.sum()) == int(mask.sum())
 
 
 def test_cosine_death_rate():

@@ -1,15 +1,18 @@
 """UVC compaction: the masked / gated model -> a physically smaller dense ViT, and its export.
 
 The hard architecture of a :class:`mmsparse.models.UVCClassifier` (its ``backbone.mask_*``
-buffers: heads, value dims inside heads, MLP neurons, blocks that run) becomes a
-:class:`mmsparse.models.UVCCompactVisionTransformer` inside a plain mmpretrain
-``ImageClassifier``: removed heads lose their q/k/v rows of ``qkv`` and their ``proj`` columns,
-removed value dims lose their v row and ``proj`` column, removed neurons their ``fc1`` row and
-``fc2`` column, skipped blocks disappear. Its outputs equal the masked model's in eval mode (up to
-float rounding) and its traced MACs equal UVC's resource function of the architecture.
+buffers: heads, value dims inside heads, MLP neurons, blocks that run) becomes the one compact
+ViT (:class:`~mmsparse.models.layers.compact_vit.CompactVisionTransformer`, written under its
+UVC arguments, :class:`~mmsparse.models.layers.compact_vit.UVCCompactVisionTransformer`) inside
+a plain mmpretrain ``ImageClassifier``: removed heads lose their q/k/v rows of ``qkv`` and their
+``proj`` columns, removed value dims lose their v row and ``proj`` column, removed neurons their
+``fc1`` row and ``fc2`` column, skipped blocks disappear. Its outputs equal the masked model's in
+eval mode (up to float rounding) and its traced MACs equal UVC's resource function of the
+architecture.
 
-:func:`export_uvc_compact` writes ``<out>.py`` (the source config with this ``model``) and
-``<out>.pth`` (its weights): ``tools/test.py <out>.py <out>.pth`` evaluates it.
+:func:`export_uvc_compact` writes ``<out>.py`` (the source config with this ``model``, a
+standalone derived config of :func:`~mmsparse.utils.write_derived_config`) and ``<out>.pth``
+(its weights): ``tools/test.py <out>.py <out>.pth`` evaluates it.
 """
 import copy
 import os
@@ -19,15 +22,16 @@ from typing import Dict, List, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
+from mmsparse.models.utils import unwrap_model
+
 __all__ = ['uvc_compact_layers', 'compact_backbone_cfg', 'compact_model_cfg',
            'compact_state_dict', 'compact_uvc_model', 'export_uvc_compact', 'max_output_diff',
            'compact_checkpoint']
 
 
 def _uvc_model(model: nn.Module):
-    from mmsparse.models.uvc import _unwrap
     from mmsparse.models.uvc_classifier import UVCClassifier
-    model = _unwrap(model)
+    model = unwrap_model(model)
     if not isinstance(model, UVCClassifier):
         raise ValueError(f'UVC compaction needs a mmsparse.UVCClassifier, got '
                          f'{type(model).__name__}')
@@ -128,15 +132,14 @@ def compact_state_dict(model: nn.Module) -> Dict[str, Tensor]:
             sd[p + 'ln1.bias'] = src.ln1.bias.detach().clone()
         if layer['neurons']:
             n = torch.tensor(layer['neurons'], dtype=torch.long)
-            fc1, fc2 = src.ffn.layers[0][0], src.ffn.layers[1]
+            fc1, fc2 = src.fc1, src.fc2
             sd[p + 'ffn.layers.0.0.weight'] = fc1.weight.detach()[n].clone()
             sd[p + 'ffn.layers.0.0.bias'] = fc1.bias.detach()[n].clone()
             sd[p + 'ffn.layers.1.weight'] = fc2.weight.detach()[:, n].clone()
             sd[p + 'ffn.layers.1.bias'] = fc2.bias.detach().clone()
             sd[p + 'ln2.weight'] = src.ln2.weight.detach().clone()
             sd[p + 'ln2.bias'] = src.ln2.bias.detach().clone()
-    from mmsparse.models.uvc import _unwrap
-    for k, v in _unwrap(model.head).state_dict().items():
+    for k, v in unwrap_model(model.head).state_dict().items():
         sd[f'head.{k}'] = v.detach().clone()
     for k, v in model.data_preprocessor.state_dict().items():
         sd[f'data_preprocessor.{k}'] = v.detach().clone()
@@ -168,16 +171,22 @@ def compact_uvc_model(model: nn.Module, model_cfg: dict) -> Tuple[nn.Module, dic
 
 
 def _plain_training_cfg(cfg) -> None:
-    """Make the exported config trainable as a plain classifier (in place)."""
+    """Make the exported config trainable as a plain classifier (in place): UVC's optimizers,
+    schedules, hooks and DDP wrapper go, the weights' own stay."""
+    from mmsparse.engine.uvc_hooks import UVCCompactHook, UVCHook
+    from mmsparse.engine.uvc_optim import UVCOptimWrapperConstructor
+    from mmsparse.registry import OPTIM_WRAPPER_CONSTRUCTORS
+    from mmsparse.utils.config import config_class, is_config_of
     ow = cfg.get('optim_wrapper')
-    if isinstance(ow, dict) and ow.get('constructor') == 'UVCOptimWrapperConstructor':
+    if isinstance(ow, dict) and config_class(dict(type=ow.get('constructor')),
+                                             OPTIM_WRAPPER_CONSTRUCTORS) is \
+            UVCOptimWrapperConstructor:
         cfg.optim_wrapper = copy.deepcopy(ow['weights'])
     sched = cfg.get('param_scheduler')
     if isinstance(sched, dict) and 'type' not in sched:
         cfg.param_scheduler = copy.deepcopy(sched.get('weights', []))
     hooks = cfg.get('custom_hooks') or []
-    cfg.custom_hooks = [h for h in hooks if not str(h.get('type', '')).split('.')[-1]
-                        .startswith('UVC')]
+    cfg.custom_hooks = [h for h in hooks if not is_config_of(h, (UVCHook, UVCCompactHook))]
     cfg.pop('model_wrapper_cfg', None)
     cfg.load_from = None
     cfg.resume = False
@@ -194,6 +203,7 @@ def export_uvc_compact(cfg, model: nn.Module, out_prefix: str) -> Tuple[str, str
     Returns:
         ``(config path, checkpoint path, compact model)``.
     """
+    from mmsparse.utils.config import write_derived_config
     uvc, bb = _uvc_model(model)
     compact, model_cfg = compact_uvc_model(uvc, cfg.model.to_dict() if hasattr(
         cfg.model, 'to_dict') else dict(cfg.model))
@@ -202,7 +212,11 @@ def export_uvc_compact(cfg, model: nn.Module, out_prefix: str) -> Tuple[str, str
     _plain_training_cfg(out)
     os.makedirs(osp.dirname(osp.abspath(out_prefix)), exist_ok=True)
     cfg_path, ckpt_path = f'{out_prefix}.py', f'{out_prefix}.pth'
-    out.dump(cfg_path)
+    # standalone (no _base_): the config as the run had it, command-line overrides included
+    write_derived_config(None, cfg_path, out.to_dict(), header=(
+        f'UVC compact model of {cfg.filename or "a config built in memory"}, written by '
+        f'mmsparse.compaction.uvc\nwith its weights {osp.abspath(ckpt_path)}: '
+        f'tools/test.py <this config> <those weights>'))
     meta = dict(uvc=dict(
         source_flops_fraction=float(uvc.fixed_flops_fraction()),
         architecture=bb.arch_summary(),

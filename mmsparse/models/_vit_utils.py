@@ -12,6 +12,8 @@ from mmpretrain.models.backbones.vision_transformer import VisionTransformer
 from mmpretrain.models.utils import resize_pos_embed
 from torch import Tensor
 
+from mmsparse.validation import Keys
+
 __all__ = ['vit_layer_cfgs', 'vit_tokens']
 
 
@@ -25,7 +27,9 @@ def vit_layer_cfgs(vit: VisionTransformer, kwargs: dict, **per_layer: Sequence) 
             the config's ``layer_cfgs`` still override them.
 
     Returns:
-        One argument dict per layer.
+        One argument dict per layer (:class:`~mmsparse.models.layers.EncoderLayer`'s
+        arguments: a ``layer_cfgs`` ``ffn_type`` other than ``'origin'`` is refused, mmsparse's
+        layer has mmcv's FFN only).
     """
     defaults = inspect.signature(VisionTransformer.__init__).parameters
 
@@ -45,6 +49,9 @@ def vit_layer_cfgs(vit: VisionTransformer, kwargs: dict, **per_layer: Sequence) 
                    qkv_bias=arg('qkv_bias'), norm_cfg=arg('norm_cfg'))
         cfg.update({k: v[i] for k, v in per_layer.items()})
         cfg.update(layer_cfgs[i])
+        if cfg.pop('ffn_type', 'origin') != 'origin':
+            Keys('model.backbone').fail(f'layer_cfgs[{i}].ffn_type', "must be 'origin' (mmcv's "
+                                        "FFN, the MLP of mmsparse's EncoderLayer)")
         cfgs.append(cfg)
     return cfgs
 

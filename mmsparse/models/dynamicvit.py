@@ -3,9 +3,9 @@
 Parts, all state_dict-compatible with mmpretrain's ``VisionTransformer`` (model-zoo DeiT
 checkpoints load unchanged; the predictors ``backbone.predictors.<k>.*`` are the only new keys):
 
-- :class:`PolicyAttention` / :class:`DynamicEncoderLayer`: mmpretrain's attention and encoder
-  layer (same keys ``layers.N.ln1``, ``layers.N.attn.qkv`` ...) that also take a keep policy.
-  Without a policy they run mmpretrain's fused ``scaled_dot_product_attention`` unchanged.
+- the encoder layers are mmsparse's one :class:`~mmsparse.models.layers.EncoderLayer`
+  (mmpretrain's keys ``layers.N.ln1``, ``layers.N.attn.qkv`` ...): fused attention without a
+  policy, the policy-masked softmax with one.
 - :class:`DynamicViTPredictor`: the prediction module (local + policy-weighted global features
   -> keep/drop log-probabilities).
 - :class:`DynamicVisionTransformer`: the backbone. Training: Gumbel-softmax hard decisions
@@ -24,79 +24,24 @@ import torch
 import torch.nn.functional as F
 from mmengine.model import BaseModule, ModuleList
 from mmengine.model.weight_init import trunc_normal_
-from mmpretrain.models.backbones.vision_transformer import (TransformerEncoderLayer,
-                                                            VisionTransformer)
+from mmpretrain.models.backbones.vision_transformer import VisionTransformer
 from mmpretrain.models.classifiers import ImageClassifier
-from mmpretrain.models.utils import MultiheadAttention
 from torch import Tensor, nn
 
 from mmsparse.errors import ConfigError
 from mmsparse.ops.tokens import (batch_index_select, cumulative_keep_ratios, gumbel_keep_decision,
                                  keep_counts, keep_ratio_loss, masked_token_mse,
-                                 policy_weighted_mean, random_keep_decision, select_topk_tokens,
-                                 softmax_with_policy)
+                                 policy_weighted_mean, random_keep_decision, select_topk_tokens)
 from mmsparse.registry import MODELS
+from mmsparse.validation import Keys
 from ._vit_utils import vit_layer_cfgs, vit_tokens
+from .layers import EncoderLayer
 from .teacher import FrozenTeacherMixin
 
-__all__ = ['PolicyAttention', 'DynamicEncoderLayer', 'DynamicViTPredictor',
-           'DynamicVisionTransformer', 'DynamicViTClassifier']
+__all__ = ['DynamicViTPredictor', 'DynamicVisionTransformer', 'DynamicViTClassifier']
 
-
-class PolicyAttention(MultiheadAttention):
-    """mmpretrain's ``MultiheadAttention`` (same parameters and keys) with an optional keep policy.
-
-    ``forward(x)`` is mmpretrain's fused attention. ``forward(x, policy)`` computes the attention
-    matrix explicitly and normalises it with :func:`~mmsparse.ops.tokens.softmax_with_policy`:
-    dropped keys get no attention, except that every query attends to itself.
-    """
-
-    def __init__(self, *args, policy_max_gap: float = 0.0, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.policy_max_gap = policy_max_gap
-
-    def forward(self, x: Tensor, policy: Optional[Tensor] = None) -> Tensor:
-        """Args: x (B, T, C); policy (B, T) 0/1 keep policy or None. Returns (B, T, C)."""
-        if policy is None:
-            return super().forward(x)
-        if self.v_shortcut:
-            raise NotImplementedError('PolicyAttention does not support v_shortcut')
-        B, T, _ = x.shape
-        qkv = self.qkv(x).reshape(B, T, 3, self.num_heads, self.head_dims).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv[0], qkv[1], qkv[2]
-        attn = (q * self.head_dims**-0.5) @ k.transpose(-2, -1)
-        attn = softmax_with_policy(attn, policy, max_gap=self.policy_max_gap)
-        if self.training and self.attn_drop > 0:
-            attn = F.dropout(attn, p=self.attn_drop)
-        x = (attn @ v).transpose(1, 2).reshape(B, T, self.embed_dims)
-        x = self.proj(x)
-        return self.out_drop(self.gamma1(self.proj_drop(x)))
-
-
-class DynamicEncoderLayer(TransformerEncoderLayer):
-    """mmpretrain's ``TransformerEncoderLayer`` whose attention takes a keep policy.
-
-    Same arguments and state_dict keys as ``TransformerEncoderLayer``.
-    """
-
-    def __init__(self, embed_dims: int, num_heads: int, feedforward_channels: int,
-                 layer_scale_init_value: float = 0., drop_rate: float = 0.,
-                 attn_drop_rate: float = 0., drop_path_rate: float = 0., qkv_bias: bool = True,
-                 policy_max_gap: float = 0.0, **kwargs) -> None:
-        super().__init__(embed_dims, num_heads, feedforward_channels,
-                         layer_scale_init_value=layer_scale_init_value, drop_rate=drop_rate,
-                         attn_drop_rate=attn_drop_rate, drop_path_rate=drop_path_rate,
-                         qkv_bias=qkv_bias, **kwargs)
-        self.attn = PolicyAttention(
-            embed_dims=embed_dims, num_heads=num_heads, attn_drop=attn_drop_rate,
-            proj_drop=drop_rate, dropout_layer=dict(type='DropPath', drop_prob=drop_path_rate),
-            qkv_bias=qkv_bias, layer_scale_init_value=layer_scale_init_value,
-            policy_max_gap=policy_max_gap)
-
-    def forward(self, x: Tensor, policy: Optional[Tensor] = None) -> Tensor:
-        """Args: x (B, T, C); policy (B, T) or None. Returns (B, T, C)."""
-        x = x + self.attn(self.ln1(x), policy)
-        return self.ffn(self.ln2(x), identity=x)
+_BACKBONE = Keys('model.backbone')
+_MODEL = Keys('model')
 
 
 @MODELS.register_module()
@@ -132,7 +77,8 @@ class DynamicViTPredictor(BaseModule):
         Returns:
             (B, N, 2) log-probabilities: channel 0 keep, channel 1 drop.
         """
-        return self.out_conv[4:](self._hidden(x, policy))
+        oc = self.out_conv
+        return oc[5](oc[4](self._hidden(x, policy)))
 
     def keep_score(self, x: Tensor) -> Tensor:
         """Inference ranking score: ``logit(keep) - logit(drop)``, all tokens kept so far.
@@ -158,9 +104,11 @@ class DynamicViTPredictor(BaseModule):
         glob = policy_weighted_mean(x[..., h:], policy)  # (B, 1, C - h)
         # out_conv[0] on [local, global broadcast] without building the concatenation: the
         # global half of the product is computed once per sample instead of once per token
-        fc = self.out_conv[0]
-        y = F.linear(x[..., :h], fc.weight[:, :h], fc.bias) + F.linear(glob, fc.weight[:, h:])
-        return self.out_conv[1:4](y)
+        oc = self.out_conv  # indexed, not sliced: a slice builds a new Sequential every call
+        fc = oc[0]
+        # (in place: addmm's backward does not need its output, so autograd allows it)
+        y = F.linear(x[..., :h], fc.weight[:, :h], fc.bias).add_(F.linear(glob, fc.weight[:, h:]))
+        return oc[3](oc[2](oc[1](y)))
 
 
 @MODELS.register_module()
@@ -212,19 +160,15 @@ class DynamicVisionTransformer(VisionTransformer):
                  policy_max_gap: float = 0.0, **kwargs) -> None:
         out_type = kwargs.get('out_type', 'cls_token')
         if out_type not in self.OUT_TYPES:
-            raise ConfigError(f'out_type must be one of {sorted(self.OUT_TYPES)} for '
-                              f'DynamicVisionTransformer, got {out_type!r} (pruned tokens leave '
-                              f'no feature map grid)')
-        if not kwargs.get('with_cls_token', True):
-            raise ConfigError('with_cls_token must be True for DynamicVisionTransformer (the '
-                              'class token is the token that is always kept)')
-        if selector not in self.SELECTORS:
-            raise ConfigError(f'selector must be one of {self.SELECTORS}, got {selector!r}')
-        if not gumbel_tau > 0:
-            raise ConfigError(f'gumbel_tau must be > 0, got {gumbel_tau}')
-        if not (isinstance(policy_max_gap, (int, float)) and policy_max_gap >= 0):
-            raise ConfigError(f'policy_max_gap must be a number >= 0, got {policy_max_gap!r}')
-        self._policy_max_gap = float(policy_max_gap)
+            _BACKBONE.fail('out_type', f'must be one of {sorted(self.OUT_TYPES)} for '
+                           f'DynamicVisionTransformer, got {out_type!r} (pruned tokens leave no '
+                           f'feature map grid)')
+        _BACKBONE.require('with_cls_token', kwargs.get('with_cls_token', True),
+                          'must be True for DynamicVisionTransformer (the class token is the '
+                          'token that is always kept)')
+        _BACKBONE.choice('selector', selector, self.SELECTORS)
+        _BACKBONE.number('gumbel_tau', gumbel_tau, 0, low_open=True)
+        _BACKBONE.number('policy_max_gap', policy_max_gap, 0)
         super().__init__(arch=arch, **kwargs)
         self.pruning_loc = self._check_pruning_loc(pruning_loc, self.num_layers)
         self.keep_rate = keep_rate
@@ -234,16 +178,17 @@ class DynamicVisionTransformer(VisionTransformer):
             self.eval_keep_counts = keep_counts(self.num_patches, self.keep_ratios)
         except ValueError as e:
             key = 'keep_ratios' if keep_ratios is not None else 'keep_rate'
-            raise ConfigError(f'{key}={keep_ratios if keep_ratios is not None else keep_rate} '
-                              f'with pruning_loc={self.pruning_loc}: {e}; raise {key} or use '
-                              f'fewer pruning locations') from None
+            value = keep_ratios if keep_ratios is not None else keep_rate
+            raise ConfigError(f'{_BACKBONE.key(key)}={value} with pruning_loc='
+                              f'{self.pruning_loc}: {e}; raise {key} or use fewer pruning '
+                              f'locations') from None
         self.selector = selector
         self.gumbel_tau = gumbel_tau
 
-        # the encoder layers again, with policy-aware attention (same arguments and keys)
-        self.layers = ModuleList(
-            [DynamicEncoderLayer(**cfg) for cfg in vit_layer_cfgs(
-                self, kwargs, policy_max_gap=[self._policy_max_gap] * self.num_layers)])
+        # the encoder layers again, as mmsparse's layer (same arguments and keys), which takes
+        # a keep policy
+        self.layers = ModuleList([EncoderLayer(**cfg) for cfg in vit_layer_cfgs(
+            self, kwargs, policy_max_gap=[float(policy_max_gap)] * self.num_layers)])
         if self.frozen_stages > 0:
             self._freeze_stages()
         self.predictors = ModuleList(
@@ -260,24 +205,24 @@ class DynamicVisionTransformer(VisionTransformer):
               and all(isinstance(i, int) and not isinstance(i, bool) for i in locs)
               and all(1 <= i <= depth - 1 for i in locs)
               and all(a < b for a, b in zip(locs, locs[1:])))
-        if not ok:
-            raise ConfigError(f'pruning_loc must be a non-empty list of strictly increasing '
-                              f'block indices in [1, depth-1] = [1, {depth - 1}], got '
-                              f'{pruning_loc!r}')
+        _BACKBONE.require('pruning_loc', ok, f'must be a non-empty list of strictly increasing '
+                          f'block indices in [1, depth-1] = [1, {depth - 1}], got '
+                          f'{pruning_loc!r}')
         return locs
 
     @staticmethod
     def _check_keep_ratios(keep_rate: float, keep_ratios: Optional[Sequence[float]],
                            num_stages: int) -> List[float]:
-        if not (isinstance(keep_rate, (int, float)) and 0.0 < keep_rate <= 1.0):
-            raise ConfigError(f'keep_rate must be in (0, 1], got {keep_rate!r}')
+        ok = isinstance(keep_rate, (int, float)) and not isinstance(keep_rate, bool) and \
+            0.0 < keep_rate <= 1.0
+        _BACKBONE.require('keep_rate', ok, f'must be in (0, 1], got {keep_rate!r}')
         if keep_ratios is None:
             return cumulative_keep_ratios(float(keep_rate), num_stages)
         ratios = list(keep_ratios)
-        if (len(ratios) != num_stages or not all(0.0 < r <= 1.0 for r in ratios)
-                or any(b > a for a, b in zip(ratios, ratios[1:]))):
-            raise ConfigError(f'keep_ratios must be {num_stages} non-increasing values in (0, 1] '
-                              f'(one per pruning_loc), got {keep_ratios!r}')
+        ok = (len(ratios) == num_stages and all(0.0 < r <= 1.0 for r in ratios)
+              and not any(b > a for a, b in zip(ratios, ratios[1:])))
+        _BACKBONE.require('keep_ratios', ok, f'must be {num_stages} non-increasing values in '
+                          f'(0, 1] (one per pruning_loc), got {keep_ratios!r}')
         return [float(r) for r in ratios]
 
     def train(self, mode: bool = True) -> 'DynamicVisionTransformer':
@@ -403,23 +348,22 @@ class DynamicViTClassifier(FrozenTeacherMixin, ImageClassifier):
                  token_distill_weight: float = 0.5, **kwargs) -> None:
         for name, w in (('ratio_weight', ratio_weight), ('distill_weight', distill_weight),
                         ('token_distill_weight', token_distill_weight)):
-            if not (isinstance(w, (int, float)) and w >= 0):
-                raise ConfigError(f'{name} must be a number >= 0, got {w!r}')
-        if neck is not None:
-            raise ConfigError('neck must be None for DynamicViTClassifier (the head reads the '
-                              f'class token), got {neck!r}')
+            _MODEL.number(name, w, 0)
+        _MODEL.require('neck', neck is None, f'must be None for DynamicViTClassifier (the head '
+                       f'reads the class token), got {neck!r}')
         backbone_cfg = copy.deepcopy(backbone) if isinstance(backbone, dict) else None
         head_cfg = copy.deepcopy(head) if isinstance(head, dict) else None
         super().__init__(backbone, neck=None, head=head, **kwargs)
         if not isinstance(self.backbone, DynamicVisionTransformer):
-            raise ConfigError(f'backbone.type must be mmsparse.DynamicVisionTransformer, got '
-                              f'{type(self.backbone).__name__}')
+            _MODEL.fail('backbone.type', f'must be mmsparse.DynamicVisionTransformer, got '
+                        f'{type(self.backbone).__name__}')
         self.ratio_weight = ratio_weight
         self.distill_weight = distill_weight
         self.token_distill_weight = token_distill_weight
         if distill and self.backbone.out_type != 'cls_token':
-            raise ConfigError(f"distillation needs backbone.out_type='cls_token', got "
-                              f"{self.backbone.out_type!r} (or set distill=False)")
+            _MODEL.fail('backbone.out_type', f"must be 'cls_token': distillation needs "
+                        f"backbone.out_type='cls_token', got {self.backbone.out_type!r} (or set "
+                        f"model.distill=False)")
         self._init_teacher(teacher, teacher_checkpoint, backbone_cfg, head_cfg, build=distill)
 
     # ---- the teacher -------------------------------------------------------------------------

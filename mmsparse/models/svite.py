@@ -1,17 +1,18 @@
 """SViTE's backbone: a ViT with per-head Taylor scores (S²ViTE) and a token selector (SViTE+).
 
-:class:`SViTEVisionTransformer` is a :class:`~mmsparse.models.compact_vit.CompactVisionTransformer`
+:class:`SViTEVisionTransformer` is a
+:class:`~mmsparse.models.layers.compact_vit.CompactVisionTransformer`
 (per-layer sizes; by default the dense arch, state_dict-compatible with mmpretrain's
 ``VisionTransformer`` so model-zoo checkpoints load) whose attention layers can record
 per-head first-order Taylor scores for
-:class:`~mmsparse.engine.svite_hooks.StructuredSparseTrainingHook`, and which optionally owns a
+:class:`~mmsparse.engine.StructuredSparseTrainingHook`, and which optionally owns a
 :class:`TokenSelector` (the only new keys: ``token_selector.score.weight/bias``).
 
 Token selector (SViTE+), once, after the patch + position embedding and before block 0:
 
 - training: a linear scorer gives a logit per patch token; a Gumbel top-k with straight-through
-  gradients (:func:`~mmsparse.ops.token_select.gumbel_topk_st`, temperature ``tau``, annealed
-  10 -> 0.1 by :class:`~mmsparse.engine.svite_hooks.TokenSelectorTemperatureHook`) keeps ``k``
+  gradients (:func:`~mmsparse.ops.tokens.gumbel_topk_st`, temperature ``tau``, annealed
+  10 -> 0.1 by :class:`~mmsparse.engine.TokenSelectorTemperatureHook`) keeps ``k``
   tokens. ``train_mode='mask'`` (default) computes every token and gives the straight-through
   selection to every attention softmax as key weights (DynamicViT's
   :func:`~mmsparse.ops.tokens.softmax_with_policy`): the kept tokens never attend to the others,
@@ -35,17 +36,16 @@ from mmengine.model import BaseModule
 from torch import Tensor, nn
 
 from mmsparse.errors import ConfigError
-from mmsparse.ops.token_select import gumbel_topk_st, token_keep_count, topk_indices
+from mmsparse.ops.tokens import (batch_index_select, gumbel_topk_st, keep_count,
+                                 policy_weighted_mean, select_topk_tokens)
 from mmsparse.registry import MODELS
+from mmsparse.validation import Keys
 from ._vit_utils import vit_tokens
-from .compact_vit import CompactVisionTransformer
+from .layers.compact_vit import CompactVisionTransformer
 
 __all__ = ['TokenSelector', 'SViTEVisionTransformer']
 
-
-def _gather_tokens(x: Tensor, idx: Tensor) -> Tensor:
-    """(B, N, C) gathered at (B, K) -> (B, K, C)."""
-    return torch.gather(x, 1, idx.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+_BACKBONE = Keys('model.backbone')
 
 
 @MODELS.register_module()
@@ -55,7 +55,7 @@ class TokenSelector(BaseModule):
     Args:
         embed_dims: C.
         keep: patch tokens kept: an int count or a float ratio in (0, 1]
-            (:func:`~mmsparse.ops.token_select.token_keep_count`).
+            (:func:`~mmsparse.ops.tokens.keep_count`).
         tau: Gumbel-softmax temperature (set every iteration by the temperature hook).
         train_mode: 'mask', 'gather' or 'zero' (see the module docstring).
     """
@@ -64,11 +64,9 @@ class TokenSelector(BaseModule):
     def __init__(self, embed_dims: int, keep: Union[int, float], tau: float = 1.0,
                  train_mode: str = 'mask', init_cfg: Optional[dict] = None) -> None:
         super().__init__(init_cfg=init_cfg)
-        if train_mode not in self.TRAIN_MODES:
-            raise ConfigError(f'token_train_mode must be one of {self.TRAIN_MODES}, got '
-                              f'{train_mode!r}')
-        if not (isinstance(tau, (int, float)) and tau > 0):
-            raise ConfigError(f'token_tau must be > 0, got {tau!r}')
+        # the selector's arguments are the backbone's token_* keys
+        _BACKBONE.choice('token_train_mode', train_mode, self.TRAIN_MODES)
+        _BACKBONE.number('token_tau', tau, 0, low_open=True)
         self.keep = keep
         self.tau = float(tau)
         self.noise_scale = 1.0  # set with tau by TokenSelectorTemperatureHook
@@ -79,7 +77,7 @@ class TokenSelector(BaseModule):
 
     def num_kept(self, num_tokens: int) -> int:
         """Patch tokens kept out of ``num_tokens``."""
-        return token_keep_count(num_tokens, self.keep)
+        return keep_count(num_tokens, self.keep)
 
     def forward(self, x: Tensor,
                 num_extra: int = 1) -> Tuple[Tensor, Optional[Tensor], Optional[Tensor]]:
@@ -99,8 +97,8 @@ class TokenSelector(BaseModule):
         logits = self.score(patches).squeeze(-1)  # (B, N)
         k = self.num_kept(patches.shape[1])
         if not self.training:
-            idx = topk_indices(logits, k)
-            return torch.cat([extra, _gather_tokens(patches, idx)], dim=1), idx, None
+            tokens, idx = select_topk_tokens(x, logits, k, num_extra, sort_positions=True)
+            return tokens, idx, None
         mask, idx = gumbel_topk_st(logits, k, self.tau, noise=True,
                                    noise_scale=self.noise_scale)
         if self.train_mode == 'mask':
@@ -108,8 +106,8 @@ class TokenSelector(BaseModule):
             return x, idx, policy
         if self.train_mode == 'zero':
             return torch.cat([extra, patches * mask.unsqueeze(-1)], dim=1), idx, None
-        weights = torch.gather(mask, 1, idx).unsqueeze(-1)
-        return torch.cat([extra, _gather_tokens(patches, idx) * weights], dim=1), idx, None
+        weights = batch_index_select(mask, idx).unsqueeze(-1)
+        return torch.cat([extra, batch_index_select(patches, idx) * weights], dim=1), idx, None
 
 
 @MODELS.register_module()
@@ -134,22 +132,20 @@ class SViTEVisionTransformer(CompactVisionTransformer):
                  token_keep: Union[int, float, None] = None, token_tau: float = 1.0,
                  token_train_mode: str = 'mask', **kwargs) -> None:
         if token_keep is not None:
-            out_type = kwargs.get('out_type', 'cls_token')
-            if out_type == 'featmap':
-                raise ConfigError("out_type='featmap' is not possible with token_keep (removed "
-                                  "tokens leave no feature-map grid); use 'cls_token', 'raw' or "
-                                  "'avg_featmap'")
-            if not kwargs.get('with_cls_token', True):
-                raise ConfigError('with_cls_token must be True with token_keep (the class token '
-                                  'is the token that is always kept)')
+            _BACKBONE.require('out_type', kwargs.get('out_type', 'cls_token') != 'featmap',
+                              "='featmap' is not possible with token_keep (removed tokens leave "
+                              "no feature-map grid); use 'cls_token', 'raw' or 'avg_featmap'")
+            _BACKBONE.require('with_cls_token', kwargs.get('with_cls_token', True),
+                              'must be True with token_keep (the class token is the token that '
+                              'is always kept)')
         super().__init__(arch=arch, **kwargs)
         self.token_selector = None
         if token_keep is not None:
             num_patches = self.patch_resolution[0] * self.patch_resolution[1]
             try:
-                token_keep_count(num_patches, token_keep)
+                keep_count(num_patches, token_keep)
             except ValueError as e:
-                raise ConfigError(f'model.backbone.token_keep: {e} (this model has '
+                raise ConfigError(f'{_BACKBONE.key("token_keep")}: {e} (this model has '
                                   f'{num_patches} patch tokens)') from None
             self.token_selector = TokenSelector(self.embed_dims, token_keep, tau=token_tau,
                                                 train_mode=token_train_mode)
@@ -175,9 +171,9 @@ class SViTEVisionTransformer(CompactVisionTransformer):
                 x = self.ln1(x)
             if i in self.out_indices:
                 if policy is not None and self.out_type == 'avg_featmap':
-                    p = policy[:, self.num_extra_tokens:, None]
-                    outs.append(self.ln2((x[:, self.num_extra_tokens:] * p).sum(1)
-                                         / p.sum(1).clamp_min(1e-6)))
+                    e = self.num_extra_tokens
+                    outs.append(self.ln2(policy_weighted_mean(x[:, e:], policy[:, e:])
+                                         .squeeze(1)))
                 else:
                     outs.append(self._format_output(x, None))
         return tuple(outs)

@@ -11,11 +11,11 @@ checkpoints load unchanged, the UVC variables are extra keys):
   forward applies the current hard masks and hard gates. Mode ``'fixed'`` (stage 2): the masks
   stored in the buffers ``mask_*`` (written by stage 1, loaded from its checkpoint) are applied
   in every forward, blocks run iff their gate says so.
-- :class:`UVCClassifier`: mmpretrain's ``ImageClassifier`` with the budget, the dual variables
-  (``dual_heads`` (L,), ``dual_neurons`` (L,), ``dual_dims`` (L, H), ``dual_flops`` (1,)), the
-  frozen dense teacher (DeiT soft distillation) and, in search mode, its own ``train_step``: one
-  primal-dual step with the optimizers of an ``OptimWrapperDict`` (built by
-  :class:`mmsparse.engine.UVCOptimWrapperConstructor`).
+  Its blocks are the one :class:`~mmsparse.models.layers.EncoderLayer`: the masks enter as
+  its ``v_mask`` (head output dims) and ``neuron_mask`` (MLP hidden neurons) arguments.
+- the classifier (budget, duals, teacher, primal-dual ``train_step``) is
+  :class:`mmsparse.models.uvc_classifier.UVCClassifier`; the compact model UVC's compaction
+  writes is :class:`mmsparse.models.layers.compact_vit.UVCCompactVisionTransformer`.
 
 Names against the paper / original code: ``s[:, 0] = arch_heads``, ``s[:, 1] = arch_neurons``,
 ``r = arch_dims``, ``y = [dual_heads, dual_neurons]``, ``p = dual_dims``, ``z = dual_flops``.
@@ -25,83 +25,85 @@ from typing import Dict, List, Optional, Tuple, Union
 
 import torch
 from mmengine.model import ModuleList
-from mmpretrain.models.backbones.vision_transformer import (TransformerEncoderLayer,
-                                                            VisionTransformer)
-from mmpretrain.models.utils import MultiheadAttention
+from mmpretrain.models.backbones.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 
-from mmsparse.errors import ConfigError
 from mmsparse.ops.uvc import (UVCMasks, ViTCost, gate_keep_hard, gate_keep_prob,
                               gate_keep_sample, group_scores, uvc_masks)
 from mmsparse.registry import MODELS
+from mmsparse.validation import Keys
 from ._vit_utils import vit_layer_cfgs, vit_tokens
-from .uvc_compact import UVCCompactVisionTransformer  # noqa: F401  (registers it)
+from .layers.encoder import EncoderLayer
 
-__all__ = ['UVCAttention', 'UVCEncoderLayer', 'UVCVisionTransformer',
-           'UVCCompactVisionTransformer', 'UVC_OPTIMIZERS']
+__all__ = ['UVCVisionTransformer', 'UVC_OPTIMIZERS']
 
 # the optimizers of a search-mode train_step (keys of the OptimWrapperDict)
 UVC_OPTIMIZERS = ('weights', 'arch', 'gates', 'duals', 'flops_dual')
 # the upper bounds of s and r stay just below the group count: >= 1 group always remains
 _BOUND_EPS = 1e-8
+_KEYS = Keys('model.backbone')
 
 
-def _unwrap(module: nn.Module) -> nn.Module:
-    """The module inside a (DDP) wrapper."""
-    return module.module if hasattr(module, 'module') and isinstance(module.module,
-                                                                       nn.Module) else module
+_MODES = ('search', 'fixed')
+_GATINGS = ('gumbel', 'soft_l0', None)
 
 
-class UVCAttention(MultiheadAttention):
-    """mmpretrain's ``MultiheadAttention`` (same keys) whose output dims can be masked.
+def _check_args(mode, block_gating, gumbel_tau, gumbel_hard, gate_init, soft_l0_eps,
+                soft_l0_eps_decay, warmup_block_keep, patch_gating, kwargs) -> None:
+    """Build-time checks of the UVC backbone arguments (and of the ViT ones UVC restricts)."""
+    k = _KEYS
+    k.require('mode', mode in _MODES,
+              f"must be 'search' (stage 1) or 'fixed' (stage 2), got {mode!r}")
+    k.require('block_gating', block_gating in _GATINGS,
+              f"must be 'gumbel', 'soft_l0' or None, got {block_gating!r}")
+    k.number('gumbel_tau', gumbel_tau, 0, low_open=True)
+    k.require('gumbel_hard=True', not (gumbel_hard and block_gating != 'gumbel'),
+              f"contradicts block_gating={block_gating!r}: hard Gumbel samples need "
+              f"block_gating='gumbel'")
+    k.require('gumbel_hard=True', not (gumbel_hard and mode == 'fixed'),
+              "contradicts mode='fixed': a fixed architecture runs or skips each block "
+              "deterministically")
+    k.number('soft_l0_eps', soft_l0_eps, 0, low_open=True)
+    k.number('soft_l0_eps_decay', soft_l0_eps_decay, 0, 1, low_open=True)
+    k.number('warmup_block_keep', warmup_block_keep, 0, 1, low_open=True)
+    k.require(f'warmup_block_keep={warmup_block_keep}',
+              block_gating is not None or warmup_block_keep == 1.0,
+              'contradicts block_gating=None (without gates every block always runs)')
+    k.require('gate_init', len(tuple(gate_init)) == 2,
+              f'must be (skip, run) logits, got {gate_init!r}')
+    k.require('patch_gating=True', not (patch_gating and mode == 'fixed'),
+              "contradicts mode='fixed': patch gating is a stage-1 device (the original drops "
+              "it in stage 2) and cannot be compacted")
+    out_type = kwargs.get('out_type', 'cls_token')
+    k.require('out_type', out_type == 'cls_token',
+              f"must be 'cls_token' for UVC, got {out_type!r}")
+    k.require('with_cls_token', kwargs.get('with_cls_token', True), 'must be True for UVC')
+    k.require('layer_scale_init_value', not kwargs.get('layer_scale_init_value', 0.),
+              'must be 0 for UVC (DeiT layout)')
+    k.require('pre_norm', not kwargs.get('pre_norm', False),
+              'must be False for UVC (DeiT layout)')
 
-    ``forward(x, v_mask)`` multiplies the attention output of head h, dim j (i.e. the value dim
-    j of head h, the input column ``h * hd + j`` of ``proj``) by ``v_mask[h, j]``. A 0 there
-    equals removing that value row of ``qkv`` and that column of ``proj``.
-    """
 
-    def forward(self, x: Tensor, v_mask: Optional[Tensor] = None) -> Tensor:
-        """Args: x (B, N, C); v_mask (H, hd) 0/1 or None. Returns (B, N, C)."""
-        if v_mask is None:
-            return super().forward(x)
-        B, N, _ = x.shape
-        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dims).permute(2, 0, 3, 1, 4)
-        attn_drop = self.attn_drop if self.training else 0.
-        out = self.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], dropout_p=attn_drop)
-        out = out * v_mask.to(out.dtype).unsqueeze(1)  # (B, H, N, hd) * (H, 1, hd)
-        out = out.transpose(1, 2).reshape(B, N, self.embed_dims)
-        out = self.proj(out)
-        return self.out_drop(self.gamma1(self.proj_drop(out)))
+def _layer_cfgs(vit: VisionTransformer, kwargs: dict) -> List[dict]:
+    """The per-layer arguments of ``VisionTransformer.__init__``; UVC masks the neurons
+    of a 2-layer MLP (:attr:`EncoderLayer.fc1` / ``fc2``)."""
+    cfgs = vit_layer_cfgs(vit, kwargs)
+    for cfg in cfgs:
+        _KEYS.require('layer_cfgs', cfg.pop('ffn_type', 'origin') == 'origin' and
+                      cfg.get('num_fcs', 2) == 2,
+                      "must keep the 2-layer FFN whose neurons UVC masks (num_fcs=2, "
+                      "ffn_type='origin')")
+    return cfgs
 
 
-class UVCEncoderLayer(TransformerEncoderLayer):
-    """mmpretrain's ``TransformerEncoderLayer`` (same arguments and keys) with UVC masks."""
-
-    def __init__(self, embed_dims: int, num_heads: int, feedforward_channels: int,
-                 layer_scale_init_value: float = 0., drop_rate: float = 0.,
-                 attn_drop_rate: float = 0., drop_path_rate: float = 0., qkv_bias: bool = True,
-                 **kwargs) -> None:
-        super().__init__(embed_dims, num_heads, feedforward_channels,
-                         layer_scale_init_value=layer_scale_init_value, drop_rate=drop_rate,
-                         attn_drop_rate=attn_drop_rate, drop_path_rate=drop_path_rate,
-                         qkv_bias=qkv_bias, **kwargs)
-        self.attn = UVCAttention(
-            embed_dims=embed_dims, num_heads=num_heads, attn_drop=attn_drop_rate,
-            proj_drop=drop_rate, dropout_layer=dict(type='DropPath', drop_prob=drop_path_rate),
-            qkv_bias=qkv_bias, layer_scale_init_value=layer_scale_init_value)
-        if len(self.ffn.layers) != 3:
-            raise ConfigError('UVCEncoderLayer needs a 2-layer FFN (num_fcs=2)')
-
-    def forward(self, x: Tensor, v_mask: Optional[Tensor] = None,
-                neuron_mask: Optional[Tensor] = None) -> Tensor:
-        """Args: x (B, N, C); v_mask (H, hd) or None; neuron_mask (F,) or None."""
-        x = x + self.attn(self.ln1(x), v_mask)
-        if neuron_mask is None:
-            return self.ffn(self.ln2(x), identity=x)
-        ffn = self.ffn
-        h = ffn.layers[0](self.ln2(x)) * neuron_mask.to(x.dtype)  # fc1 -> act -> drop, masked
-        out = ffn.gamma2(ffn.layers[2](ffn.layers[1](h)))
-        return x + ffn.dropout_layer(out)
+def _build_layer(cfg: dict) -> EncoderLayer:
+    """One block. Its attention's initial weights are drawn after the MLP's, as they were
+    when the block was mmpretrain's layer with its attention replaced: a seeded build (no
+    checkpoint) gives the weights it always gave."""
+    layer = EncoderLayer(**cfg)
+    layer.attn.qkv.reset_parameters()
+    layer.attn.proj.reset_parameters()
+    return layer
 
 
 @MODELS.register_module()
@@ -143,8 +145,8 @@ class UVCVisionTransformer(VisionTransformer):
         **kwargs: the other ``VisionTransformer`` arguments. ``out_type`` must be 'cls_token',
             ``layer_scale_init_value`` 0 and ``pre_norm`` False (DeiT's layout).
     """
-    MODES = ('search', 'fixed')
-    GATINGS = ('gumbel', 'soft_l0', None)
+    MODES = _MODES
+    GATINGS = _GATINGS
     # arguments of this class that a dense VisionTransformer does not take
     UVC_KEYS = ('mode', 'block_gating', 'gumbel_tau', 'gumbel_hard', 'gate_init', 'soft_l0_eps',
                 'soft_l0_eps_decay', 'warmup_block_keep', 'patch_gating', 'patch_gating_init',
@@ -157,15 +159,14 @@ class UVCVisionTransformer(VisionTransformer):
                  warmup_block_keep: float = 1.0, patch_gating: bool = False,
                  patch_gating_init: float = 3.0, eval_masked: bool = True,
                  train_masked: bool = False, **kwargs) -> None:
-        self._check_args(mode, block_gating, gumbel_tau, gumbel_hard, gate_init, soft_l0_eps,
-                         soft_l0_eps_decay, warmup_block_keep, patch_gating, kwargs)
-        for key, value in (('eval_masked', eval_masked), ('train_masked', train_masked)):
-            if not isinstance(value, bool):
-                raise ConfigError(f'backbone.{key} must be True or False, got {value!r}')
+        _check_args(mode, block_gating, gumbel_tau, gumbel_hard, gate_init, soft_l0_eps,
+                    soft_l0_eps_decay, warmup_block_keep, patch_gating, kwargs)
+        _KEYS.boolean('eval_masked', eval_masked)
+        _KEYS.boolean('train_masked', train_masked)
         super().__init__(arch=arch, **kwargs)
-        if self.out_indices != [self.num_layers - 1]:
-            raise ConfigError(f'out_indices must be -1 (the last block) for UVCVisionTransformer, '
-                              f'got {kwargs.get("out_indices")!r}')
+        _KEYS.require('out_indices', self.out_indices == [self.num_layers - 1],
+                      f'must be -1 (the last block) for UVCVisionTransformer, got '
+                      f'{kwargs.get("out_indices")!r}')
         self.mode = mode
         self.block_gating = block_gating
         self.gumbel_tau = float(gumbel_tau)
@@ -177,15 +178,15 @@ class UVCVisionTransformer(VisionTransformer):
         self.train_masked = train_masked
         self.num_heads = self.arch_settings['num_heads']
         self.mlp_dims = self.arch_settings['feedforward_channels']
-        if self.embed_dims % self.num_heads:
-            raise ConfigError(f'embed_dims {self.embed_dims} must be divisible by num_heads '
-                              f'{self.num_heads}')
+        _KEYS.require('arch', self.embed_dims % self.num_heads == 0,
+                      f'must have embed_dims divisible by num_heads, got {self.embed_dims} and '
+                      f'{self.num_heads}')
         self.head_dims = self.embed_dims // self.num_heads
         self.num_patches = self.patch_resolution[0] * self.patch_resolution[1]
         # True while the classifier runs the warm-up epochs (gates frozen, fixed block weight)
         self.warmup = False
 
-        self.layers = ModuleList([UVCEncoderLayer(**cfg) for cfg in vit_layer_cfgs(self, kwargs)])
+        self.layers = ModuleList([_build_layer(cfg) for cfg in _layer_cfgs(self, kwargs)])
         if self.frozen_stages > 0:
             self._freeze_stages()
 
@@ -206,50 +207,6 @@ class UVCVisionTransformer(VisionTransformer):
         self.register_buffer('mask_blocks', torch.ones(L))
 
     # ---- validation --------------------------------------------------------------------------
-    @classmethod
-    def _check_args(cls, mode, block_gating, gumbel_tau, gumbel_hard, gate_init, soft_l0_eps,
-                    soft_l0_eps_decay, warmup_block_keep, patch_gating, kwargs) -> None:
-        if mode not in cls.MODES:
-            raise ConfigError(f"backbone.mode must be 'search' (stage 1) or 'fixed' (stage 2), "
-                              f'got {mode!r}')
-        if block_gating not in cls.GATINGS:
-            raise ConfigError(f"backbone.block_gating must be 'gumbel', 'soft_l0' or None, got "
-                              f'{block_gating!r}')
-        if not (isinstance(gumbel_tau, (int, float)) and gumbel_tau > 0):
-            raise ConfigError(f'backbone.gumbel_tau must be > 0, got {gumbel_tau!r}')
-        if gumbel_hard and block_gating != 'gumbel':
-            raise ConfigError(f"backbone.gumbel_hard=True contradicts block_gating="
-                              f"{block_gating!r}: hard Gumbel samples need block_gating='gumbel'")
-        if gumbel_hard and mode == 'fixed':
-            raise ConfigError("backbone.gumbel_hard=True contradicts mode='fixed': a fixed "
-                              "architecture runs or skips each block deterministically")
-        if not (isinstance(soft_l0_eps, (int, float)) and soft_l0_eps > 0):
-            raise ConfigError(f'backbone.soft_l0_eps must be > 0, got {soft_l0_eps!r}')
-        if not (isinstance(soft_l0_eps_decay, (int, float)) and 0 < soft_l0_eps_decay <= 1):
-            raise ConfigError(f'backbone.soft_l0_eps_decay must be in (0, 1], got '
-                              f'{soft_l0_eps_decay!r}')
-        if not (isinstance(warmup_block_keep, (int, float)) and 0 < warmup_block_keep <= 1):
-            raise ConfigError(f'backbone.warmup_block_keep must be in (0, 1], got '
-                              f'{warmup_block_keep!r}')
-        if block_gating is None and warmup_block_keep != 1.0:
-            raise ConfigError(f'backbone.warmup_block_keep={warmup_block_keep} contradicts '
-                              f'block_gating=None (without gates every block always runs)')
-        if len(tuple(gate_init)) != 2:
-            raise ConfigError(f'backbone.gate_init must be (skip, run) logits, got {gate_init!r}')
-        if patch_gating and mode == 'fixed':
-            raise ConfigError("backbone.patch_gating=True contradicts mode='fixed': patch gating "
-                              "is a stage-1 device (the original drops it in stage 2) and cannot "
-                              "be compacted")
-        if kwargs.get('out_type', 'cls_token') != 'cls_token':
-            raise ConfigError(f"backbone.out_type must be 'cls_token' for UVC, got "
-                              f"{kwargs['out_type']!r}")
-        if not kwargs.get('with_cls_token', True):
-            raise ConfigError('backbone.with_cls_token must be True for UVC')
-        if kwargs.get('layer_scale_init_value', 0.):
-            raise ConfigError('backbone.layer_scale_init_value must be 0 for UVC (DeiT layout)')
-        if kwargs.get('pre_norm', False):
-            raise ConfigError('backbone.pre_norm must be False for UVC (DeiT layout)')
-
     # ---- architecture ------------------------------------------------------------------------
     @property
     def bounds(self) -> Dict[str, float]:
@@ -277,7 +234,7 @@ class UVCVisionTransformer(VisionTransformer):
     def group_scores(self) -> Tuple[Tensor, Tensor, Tensor]:
         """``(head (L, H), dim (L, H, hd), neuron (L, F))`` scores of the current weights."""
         proj = torch.stack([layer.attn.proj.weight for layer in self.layers])
-        fc2 = torch.stack([layer.ffn.layers[1].weight for layer in self.layers])
+        fc2 = torch.stack([layer.fc2.weight for layer in self.layers])
         return group_scores(proj, fc2, self.num_heads)
 
     def removed_counts(self) -> Tuple[Tensor, Tensor, Tensor]:
@@ -355,12 +312,13 @@ class UVCVisionTransformer(VisionTransformer):
             n_masks = self.mask_neurons
             for i, layer in enumerate(self.layers):
                 if self.mask_blocks[i] > 0:
-                    x = layer(x, v_masks[i], n_masks[i])
+                    x = layer(x, v_mask=v_masks[i], neuron_mask=n_masks[i])
         else:
             weights = self._soft_block_weights()
             masked = self.training and self.train_masked
             for i, layer in enumerate(self.layers):
-                out = layer(x, self.mask_dims[i], self.mask_neurons[i]) if masked else layer(x)
+                out = layer(x, v_mask=self.mask_dims[i], neuron_mask=self.mask_neurons[i]) \
+                    if masked else layer(x)
                 x = out if weights is None else weights[i] * out + (1 - weights[i]) * x
         if self.final_norm:
             x = self.ln1(x)
