@@ -15,7 +15,7 @@ from mmsparse.compaction.uvc import compact_uvc_model, max_output_diff
 from mmsparse.checkpoint import load_checkpoint_file
 from mmsparse.engine.uvc_optim import PresetLR, UVCOptimWrapperConstructor
 from mmsparse.ops.uvc import uvc_macs
-from tests.conftest import REPO, ok, run_tool, small_config
+from tests.conftest import REPO, ok, run_tool, small_config, tool_env
 
 STAGE1 = REPO / 'configs/uvc/uvc-vit-tiny-p4_stage1_fashion-mnist.py'
 STAGE2 = REPO / 'configs/uvc/uvc-vit-tiny-p4_stage2_fashion-mnist.py'
@@ -187,7 +187,7 @@ def test_proximal_step_shrinks_removed_groups():
     proj = [layer.attn.proj.weight.detach().clone() for layer in bb.layers]
     fc2 = [layer.ffn.layers[1].weight.detach().clone() for layer in bb.layers]
     lr = 0.01
-    model._prox_step(masks, lr)
+    model.primal_dual.shrink_removed(bb, model.duals, masks, lr)
     for i, layer in enumerate(bb.layers):
         head_f = torch.where(masks.heads[i], 1.0, 1 / (1 + 2 * lr * 1.0))  # (H,)
         dim_f = torch.where(~masks.dims[i] & masks.heads[i, :, None], 1 / (1 + 2 * lr * 2.0),
@@ -252,6 +252,83 @@ def test_end_of_search_projection_meets_the_budget_and_rounds():
     assert all(int(d) % 8 == 0 or d <= 8 for d in v)
 
 
+@torch.no_grad()
+def old_project_to_budget(self, multiple: int = 1) -> int:
+    """UVCClassifier.project_to_budget before the redesign, verbatim: every group rescored
+    after each removal (the reference of the incremental ops.uvc.project_to_budget)."""
+    bb = self.uvc_backbone
+    n, c, hd = self.cost.num_tokens, self.cost.embed_dims, bb.head_dims
+    ub = bb.bounds
+    removed = 0
+    while self.flops_fraction(hard=True) > self.budget:
+        head_s, dim_s, neuron_s = bb.group_scores()
+        masks = bb.compute_masks((head_s, dim_s, neuron_s))
+        runs = bb.block_keep_hard()
+        nh, nn_, nd = bb.removed_counts()
+        inf = torch.tensor(float('inf'))
+        # heads: the next head's score / the MACs its removal saves
+        sorted_h, order_h = torch.sort(head_s, dim=-1, stable=True)
+        k = nh.clamp(max=bb.num_heads - 1)
+        nxt_h = order_h.gather(-1, k.unsqueeze(-1)).squeeze(-1)  # (L,)
+        v_kept = masks.dims.sum(-1).gather(-1, nxt_h.unsqueeze(-1)).squeeze(-1).double()
+        saved_h = n * c * (2 * hd + v_kept) + n * n * (hd + v_kept) + n * v_kept * c
+        cost_h = (sorted_h.gather(-1, k.unsqueeze(-1)).squeeze(-1).double()
+                  / head_s.mean(-1).double().clamp(min=1e-12) / saved_h)
+        cost_h[(nh + 1 > ub['arch_heads'] + 1e-8) | ~runs] = inf
+        # neurons
+        sorted_n, _ = torch.sort(neuron_s, dim=-1)
+        kn = nn_.clamp(max=bb.mlp_dims - 1)
+        cost_n = (sorted_n.gather(-1, kn.unsqueeze(-1)).squeeze(-1).double()
+                  / neuron_s.mean(-1).double().clamp(min=1e-12) / (2 * n * c))
+        cost_n[(nn_ + 1 > ub['arch_neurons'] + 1e-8) | ~runs] = inf
+        # value dims inside kept heads
+        sorted_d, _ = torch.sort(dim_s, dim=-1)
+        kd = nd.clamp(max=hd - 1)
+        cost_d = (sorted_d.gather(-1, kd.unsqueeze(-1)).squeeze(-1).double()
+                  / dim_s.mean((-1, -2)).double().clamp(min=1e-12).unsqueeze(-1)
+                  / (2 * n * c + n * n))
+        cost_d[(nd + 1 > ub['arch_dims'] + 1e-8) | ~masks.heads
+               | ~runs.unsqueeze(-1)] = inf
+        best = [(cost_h.min(), 'arch_heads', cost_h.argmin()),
+                (cost_n.min(), 'arch_neurons', cost_n.argmin()),
+                (cost_d.min(), 'arch_dims', cost_d.argmin())]
+        value, name, idx = min(best, key=lambda t: float(t[0]))
+        if not torch.isfinite(value):
+            break  # nothing left to remove
+        p = getattr(bb, name).view(-1)
+        p[idx] = torch.ceil(p[idx]) + 1
+        removed += 1
+    if multiple > 1:
+        runs = bb.block_keep_hard()
+        masks = bb.compute_masks()
+        for name, kept, keep in (
+                ('arch_neurons', bb.mlp_dims - torch.ceil(bb.arch_neurons), runs),
+                ('arch_dims', hd - torch.ceil(bb.arch_dims), masks.heads & runs[:, None])):
+            extra = torch.where(keep & (kept > multiple), kept % multiple,
+                                torch.zeros_like(kept))
+            p = getattr(bb, name)
+            p.copy_(torch.ceil(p) + extra)
+            removed += int(extra.sum())
+    bb.refresh_masks()
+    return removed
+
+
+@pytest.mark.parametrize('gating, budget', [(None, 0.45), ('gumbel', 0.4), ('soft_l0', 0.3)])
+def test_end_of_search_projection_equals_the_old_greedy(gating, budget):
+    """The projection (ops.uvc.project_to_budget, rescoring only the block that lost a group)
+    writes the architecture variables the old rescore-everything loop wrote."""
+    import copy
+    for multiple in (1, 8):
+        model = build(backbone=dict(block_gating=gating), budget=budget)
+        random_architecture(model, seed=multiple)
+        old = copy.deepcopy(model)
+        assert model.project_to_budget(multiple) == old_project_to_budget(old, multiple) > 0
+        for name in ('arch_heads', 'arch_neurons', 'arch_dims', 'mask_heads', 'mask_dims',
+                     'mask_neurons', 'mask_blocks'):
+            assert torch.equal(getattr(model.backbone, name), getattr(old.backbone, name)), name
+        assert model.flops_fraction(hard=True) == old.flops_fraction(hard=True) <= budget
+
+
 # ---- optimizers and the dual lr schedule ------------------------------------------------------
 def test_optim_wrapper_dict_partitions_the_parameters():
     model = build(backbone=dict(patch_gating=True))
@@ -291,6 +368,54 @@ def test_preset_lr_really_changes_the_dual_step_size():
     assert lrs == [1.0, 1.0, 5.0, 5.0, 9.0, 9.0]
     with pytest.raises(ConfigError, match='milestones'):
         PresetLR(wrapper, milestones=[2, 1], values=[1.0, 2.0])
+
+
+# ---- multi-process -----------------------------------------------------------------------------
+def test_ddp_wrapper_lives_in_the_mmsparse_registry_and_the_runner_finds_it():
+    from mmengine.model import is_model_wrapper
+    from mmengine.registry import MODEL_WRAPPERS as ROOT
+    from mmsparse.models.uvc_ddp import UVCDistributedDataParallel
+    from mmsparse.registry import MODEL_WRAPPERS, scoped_type
+    from mmsparse.utils.cli import load_config
+    assert MODEL_WRAPPERS.get('UVCDistributedDataParallel') is UVCDistributedDataParallel
+    assert 'UVCDistributedDataParallel' not in ROOT.module_dict
+    # Runner.wrap_model: MODEL_WRAPPERS.get(type) on the root (no default scope), then build
+    type_ = scoped_type(ROOT, load_config(str(STAGE1)).model_wrapper_cfg['type'])
+    assert type_ == 'mmsparse.UVCDistributedDataParallel'
+    assert ROOT.get(type_) is UVCDistributedDataParallel
+    assert scoped_type(ROOT, 'MMDistributedDataParallel') == 'MMDistributedDataParallel'
+    model = build()
+    wrapped = ROOT.build(dict(type=type_), default_args=dict(module=model))
+    assert is_model_wrapper(wrapped) and wrapped.module is model
+    model.train()
+    assert 'flops_real' in wrapped.train_step(batch(), optim(model))  # the model's own step
+
+
+def _two_process_average(rank: int, init_file: str, out: dict) -> None:
+    import torch.distributed as dist
+    from mmsparse.models.uvc_ddp import UVCDistributedDataParallel, average_gradients
+    dist.init_process_group('gloo', init_method=f'file://{init_file}', rank=rank, world_size=2)
+    module = torch.nn.Linear(2, 1)
+    with torch.no_grad():
+        module.weight.fill_(float(rank))
+    UVCDistributedDataParallel(module)  # broadcasts process 0's state
+    a, b = torch.nn.Parameter(torch.zeros(2)), torch.nn.Parameter(torch.zeros(1))
+    a.grad = torch.tensor([1.0, 2.0]) * (rank + 1)  # b has no gradient on either process
+    average_gradients([a, b])
+    out[rank] = (module.weight.tolist(), a.grad.tolist(), b.grad.tolist())
+    dist.destroy_process_group()
+
+
+def test_gradients_are_averaged_over_processes(tmp_path):
+    import torch.multiprocessing as mp
+    with mp.Manager() as manager:
+        out = manager.dict()
+        # fork: the children start with mmsparse imported (spawn would import it again, slowly)
+        mp.start_processes(_two_process_average, args=(str(tmp_path / 'init'), out), nprocs=2,
+                           start_method='fork')
+        results = dict(out)
+    for rank in (0, 1):
+        assert results[rank] == ([[0.0, 0.0]], [1.5, 3.0], [0.0])
 
 
 # ---- compaction --------------------------------------------------------------------------------
@@ -358,10 +483,25 @@ def test_compaction_equals_masked_model_and_its_flops_equal_the_resource():
     (dict(backbone=dict(eval_masked=1)), 'backbone.eval_masked must be True or False'),
     (dict(least_sum_slope='prev'),
      "model.least_sum_slope must be one of \\('next', 'nearest'\\)"),
+    # every message names the full config key
+    (dict(warmup_epochs=-1), 'model.warmup_epochs must be an integer >= 0'),
+    (dict(distill_alpha=1.5), 'model.distill_alpha must be a number in \\[0, 1\\]'),
+    (dict(distill_tau=0), 'model.distill_tau must be a number > 0'),
+    (dict(neck=dict(type='mmpretrain.GlobalAveragePooling')), 'model.neck must be None'),
+    (dict(gating_interval=0), 'model.gating_interval must be an integer >= 1'),
+    (dict(score_normalize='max'), "model.score_normalize must be one of 'none', 'sum'"),
+    (dict(resource_clip=0.0), 'model.resource_clip must be a number > 0'),
+    (dict(arch_grad_clip=-1.0), 'model.arch_grad_clip must be a number > 0'),
 ])
 def test_bad_input_fails_at_build_time(kw, match):
     with pytest.raises(ConfigError, match=match):
         build(**kw)
+
+
+def test_bad_hook_input_names_the_hook_key():
+    from mmsparse.engine.uvc_hooks import UVCHook
+    with pytest.raises(ConfigError, match=r'custom_hooks\[UVCHook\]\.round_to must be an integer'):
+        UVCHook(round_to=0)
 
 
 def test_stage1_needs_the_uvc_optimizers_and_stage2_a_plain_one():
@@ -515,3 +655,19 @@ def test_stage2_compaction_test_and_compact_tool(stage1_runs):
     proc = run_tool('tools/compact.py', REPO / 'configs/vit/vit-tiny-p4_fashion-mnist.py',
                     s2 / 'epoch_1.pth', '--out', tmp / 'x', '--method', 'uvc')
     assert proc.returncode == 2 and 'UVCClassifier' in proc.stderr
+
+
+@pytest.mark.parametrize('wrapper', ['mmsparse.UVCDistributedDataParallel',
+                                     'UVCDistributedDataParallel'])
+def test_stage1_on_two_processes_uses_the_uvc_wrapper(wrapper, stage1_runs, tmp_path):
+    """Stage 1 under ``dist_train.sh`` (2 gloo ranks): the Runner finds mmsparse's wrapper in
+    the child registry (the configs' prefixed name, and an unprefixed one from an older config)
+    and the search runs and checkpoints its variables."""
+    proc = ok(run_tool(REPO / 'tools/dist_train.sh', stage1_runs['cfg1'], 2, '--work-dir',
+                       tmp_path, '--cfg-options', 'train_cfg.max_epochs=1',
+                       f'model_wrapper_cfg.type={wrapper}',
+                       env=tool_env(PORT='29531' if '.' in wrapper else '29533')))
+    out = proc.stdout + proc.stderr
+    assert 'Distributed launcher: pytorch' in out and 'UVC epoch 0: FLOPs expected' in out
+    sd = load_checkpoint_file(str(tmp_path / 'epoch_1.pth'), map_location='cpu')['state_dict']
+    assert all(k in sd for k in ('dual_flops', 'backbone.arch_heads', 'backbone.block_gates'))

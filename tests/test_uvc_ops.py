@@ -1,4 +1,4 @@
-"""UVC's pure functions (mmsparse.ops.uvc) against hand-computed cases."""
+"""UVC's pure functions (mmsparse.ops.uvc, mmsparse.ops.uvc_budget) against hand-computed cases."""
 import pytest
 import torch
 
@@ -6,6 +6,7 @@ from mmsparse.ops.uvc import (ViTCost, clip_inf_norm, gate_keep_hard, gate_keep_
                               gate_keep_sample, group_flops_fractions, group_scores,
                               keep_mask_lowest, least_sum, min_flops_fraction, project_grad,
                               prox_factors, ste_ceil, uvc_flops_fraction, uvc_macs, uvc_masks)
+from mmsparse.ops.uvc_budget import project_to_budget
 
 # L=2 blocks, N=5 tokens, C=8, H=2 heads of hd=4, F=16 neurons; LayerNorms 2*5*N*C = 400 per
 # block, 100 MACs outside the blocks.
@@ -176,3 +177,118 @@ def test_gates():
     assert set(d.tolist()) <= {0.0, 1.0}
     with pytest.raises(ValueError, match='gumbel'):
         gate_keep_prob(logits, 'l1')
+
+
+# ---- the end-of-search projection ---------------------------------------------------------------
+def test_projection_hand_computed():
+    # block 0 runs, block 1 is skipped (its groups stay). Block 0's candidates, relative score
+    # per MAC saved (saved: a head with 4 value dims N C 12 + N^2 8 + N 4 C = 840, a neuron
+    # 2 N C = 80, a value dim 2 N C + N^2 = 105):
+    #   head 0 (score 2, mean 3): 2 / 3 / 840 = 7.9e-4  <- first
+    #   neurons 0, 1 (score .5, mean 15 / 16): .5 / .9375 / 80 = 6.7e-3  <- then (head 1 must stay)
+    #   a value dim of head 1 (score 1, mean 1): 1 / 105 = 9.5e-3  <- then, below the next
+    #   neuron (1 / .9375 / 80 = 1.3e-2)
+    # FLOPs: 100 + 3360 (block 0) -> -840 -> -160 -> -105 = 2355 <= 2400: stop.
+    head_s = torch.tensor([[2.0, 4.0], [1.0, 1.0]])
+    dim_s = torch.ones(2, 2, 4)
+    neuron_s = torch.ones(2, 16)
+    neuron_s[0, :2] = 0.5
+    zero = torch.zeros(2, dtype=torch.long)
+    runs = torch.tensor([True, False])
+    nh, nn_, nd, count = project_to_budget(COST, (head_s, dim_s, neuron_s), zero, zero,
+                                           torch.zeros(2, 2, dtype=torch.long), runs,
+                                           budget=2400 / DENSE)
+    assert (nh.tolist(), nn_.tolist(), nd.tolist(), count) == ([1, 0], [2, 0], [[0, 1], [0, 0]],
+                                                               4)
+    head_keep = torch.tensor([[0.0, 1.0], [1.0, 1.0]])
+    assert float(uvc_macs(COST, nh.double(), nn_.double(), nd.double(), head_keep,
+                          runs.double())) == 2355
+    # rounded to multiples of 4: block 0 keeps 14 neurons -> 12; 3 value dims (not > 4) stay
+    nh, nn_, nd, count = project_to_budget(COST, (head_s, dim_s, neuron_s), zero, zero,
+                                           torch.zeros(2, 2, dtype=torch.long), runs,
+                                           budget=2400 / DENSE, multiple=4)
+    assert (nh.tolist(), nn_.tolist(), nd.tolist(), count) == ([1, 0], [4, 0], [[0, 1], [0, 0]],
+                                                               6)
+    # under the budget already: nothing to do; a budget below every bound: stops at the bounds
+    out = project_to_budget(COST, (head_s, dim_s, neuron_s), zero, zero,
+                            torch.zeros(2, 2, dtype=torch.long), runs, budget=1.0)
+    assert out[3] == 0
+    nh, nn_, nd, count = project_to_budget(COST, (head_s, dim_s, neuron_s), zero, zero,
+                                           torch.zeros(2, 2, dtype=torch.long), runs, budget=0.0)
+    assert (nh.tolist(), nn_.tolist(), nd.tolist()) == ([1, 0], [15, 0], [[0, 3], [0, 0]])
+
+
+def _old_greedy(cost, scores, nh, nn_, nd, runs, budget, multiple):
+    """The end-of-search projection as UVCClassifier.project_to_budget did it before: every
+    group rescored after each removal (the reference of the faster one)."""
+    head_s, dim_s, neuron_s = scores
+    H, F, hd = cost.num_heads, cost.mlp_dims, cost.head_dims
+    n, c = cost.num_tokens, cost.embed_dims
+    nh, nn_, nd = nh.clone(), nn_.clone(), nd.clone()
+    removed, order = 0, []
+    while True:
+        masks = uvc_masks(head_s, dim_s, neuron_s, nh, nd, nn_)
+        if float(uvc_flops_fraction(cost, nh.float(), nn_.float(), nd.float(), masks.heads,
+                                    runs.float())) <= budget:
+            break
+        inf = torch.tensor(float('inf'))
+        sorted_h, order_h = torch.sort(head_s, dim=-1, stable=True)
+        k = nh.clamp(max=H - 1)
+        nxt_h = order_h.gather(-1, k.unsqueeze(-1)).squeeze(-1)
+        v_kept = masks.dims.sum(-1).gather(-1, nxt_h.unsqueeze(-1)).squeeze(-1).double()
+        saved_h = n * c * (2 * hd + v_kept) + n * n * (hd + v_kept) + n * v_kept * c
+        cost_h = (sorted_h.gather(-1, k.unsqueeze(-1)).squeeze(-1).double()
+                  / head_s.mean(-1).double().clamp(min=1e-12) / saved_h)
+        cost_h[(nh + 1 > H - 1 - 1e-8 + 1e-8) | ~runs] = inf
+        sorted_n, _ = torch.sort(neuron_s, dim=-1)
+        kn = nn_.clamp(max=F - 1)
+        cost_n = (sorted_n.gather(-1, kn.unsqueeze(-1)).squeeze(-1).double()
+                  / neuron_s.mean(-1).double().clamp(min=1e-12) / (2 * n * c))
+        cost_n[(nn_ + 1 > F - 1 - 1e-8 + 1e-8) | ~runs] = inf
+        sorted_d, _ = torch.sort(dim_s, dim=-1)
+        kd = nd.clamp(max=hd - 1)
+        cost_d = (sorted_d.gather(-1, kd.unsqueeze(-1)).squeeze(-1).double()
+                  / dim_s.mean((-1, -2)).double().clamp(min=1e-12).unsqueeze(-1)
+                  / (2 * n * c + n * n))
+        cost_d[(nd + 1 > hd - 1 - 1e-8 + 1e-8) | ~masks.heads | ~runs.unsqueeze(-1)] = inf
+        best = [(cost_h.min(), 0, cost_h.argmin()), (cost_n.min(), 1, cost_n.argmin()),
+                (cost_d.min(), 2, cost_d.argmin())]
+        value, kind, idx = min(best, key=lambda t: float(t[0]))
+        if not torch.isfinite(value):
+            break
+        (nh, nn_, nd)[kind].view(-1)[idx] += 1
+        order.append((kind, int(idx)))
+        removed += 1
+    if multiple > 1:
+        masks = uvc_masks(head_s, dim_s, neuron_s, nh, nd, nn_)
+        for counts, kept, keep in ((nn_, F - nn_, runs),
+                                   (nd, hd - nd, masks.heads & runs[:, None])):
+            extra = torch.where(keep & (kept > multiple), kept % multiple,
+                                torch.zeros_like(kept))
+            counts += extra
+            removed += int(extra.sum())
+    return nh, nn_, nd, removed, order
+
+
+@pytest.mark.parametrize('seed', range(4))
+def test_projection_equals_the_old_greedy_order(seed):
+    """On random scores with ties (a few distinct values), random starting architectures and
+    skipped blocks, the incremental projection ends where the old rescore-everything greedy
+    does, at every budget on the way down (so it removes the groups in the same order)."""
+    cost = ViTCost(num_layers=4, num_tokens=9, embed_dims=12, num_heads=3, head_dims=4,
+                   mlp_dims=20, fixed_macs=50.0, norm_macs=2 * 5 * 9 * 12)
+    g = torch.Generator().manual_seed(seed)
+    dim_s = torch.randint(1, 4, (4, 3, 4), generator=g).float() / 2
+    scores = (dim_s.sum(-1), dim_s, torch.randint(1, 5, (4, 20), generator=g).float() / 3)
+    nh = torch.randint(0, 2, (4, ), generator=g)
+    nn_ = torch.randint(0, 8, (4, ), generator=g)
+    nd = torch.randint(0, 3, (4, 3), generator=g)
+    runs = torch.tensor([True, True, False, True])
+    _, _, _, total, order = _old_greedy(cost, scores, nh, nn_, nd, runs, 0.0, 1)
+    assert total == len(order) > 20
+    for budget in torch.linspace(0.0, 1.0, 41).tolist():
+        for multiple in (1, 4):
+            *old, _ = _old_greedy(cost, scores, nh, nn_, nd, runs, budget, multiple)
+            new = project_to_budget(cost, scores, nh, nn_, nd, runs, budget, multiple)
+            assert [t.tolist() for t in new[:3]] + [new[3]] == \
+                [t.tolist() for t in old[:3]] + [old[3]], (budget, multiple)

@@ -86,6 +86,6 @@ train_cfg = dict(by_epoch=True, max_epochs=max_epochs, val_interval=1)
 # kept neurons / value dims to multiples of 8 (GEMM-friendly; lowers the FLOPs a little more)
 custom_hooks = [dict(type='UVCHook', project_at_end=True, round_to=8)]
 # distributed: the primal-dual train_step is the model's own, so the wrapper must call it
-model_wrapper_cfg = dict(type='UVCDistributedDataParallel')
+model_wrapper_cfg = dict(type='mmsparse.UVCDistributedDataParallel')
 randomness = dict(seed=730)
 auto_scale_lr = dict(base_batch_size=1024)

@@ -75,5 +75,5 @@ param_scheduler = dict(
 train_cfg = dict(by_epoch=True, max_epochs=max_epochs, val_interval=1)
 custom_hooks = [dict(type='UVCHook')]
 # multi-process: a wrapper that calls the model's own primal-dual train_step
-model_wrapper_cfg = dict(type='UVCDistributedDataParallel')
+model_wrapper_cfg = dict(type='mmsparse.UVCDistributedDataParallel')
 default_hooks = dict(logger=dict(interval=50))

@@ -18,7 +18,8 @@ from mmengine.model import is_model_wrapper
 
 from mmsparse.errors import ConfigError
 from mmsparse.registry import HOOKS
-from .utils import unwrap_model
+from mmsparse.validation import Keys
+from mmsparse.models.utils import unwrap_model
 
 __all__ = ['UVCHook', 'UVCCompactHook', 'format_architecture']
 
@@ -49,8 +50,9 @@ class UVCHook(Hook):
         log_architecture: also log the per-block table.
         project_at_end: at the end of the last search epoch (before its checkpoint is saved),
             if the real FLOPs exceed the budget, remove the cheapest groups until they do not
-            (:meth:`UVCClassifier.project_to_budget`; not in the original, whose iterates end
-            where the primal-dual dynamics leave them).
+            (:meth:`UVCClassifier.project_to_budget`, i.e. :func:`mmsparse.ops.uvc_budget.
+            project_to_budget`; not in the original, whose iterates end where the primal-dual
+            dynamics leave them).
         round_to: with ``project_at_end``, also round kept neurons and value dims down to a
             multiple of this (1: off; 8 gives GEMM-friendly sizes, see
             :meth:`UVCClassifier.project_to_budget`).
@@ -59,8 +61,7 @@ class UVCHook(Hook):
 
     def __init__(self, log_architecture: bool = True, project_at_end: bool = True,
                  round_to: int = 1) -> None:
-        if not (isinstance(round_to, int) and round_to >= 1):
-            raise ConfigError(f'UVCHook.round_to must be an int >= 1, got {round_to!r}')
+        Keys('custom_hooks[UVCHook]').number('round_to', round_to, 1, integer=True)
         self.log_architecture = log_architecture
         self.project_at_end = project_at_end
         self.round_to = round_to

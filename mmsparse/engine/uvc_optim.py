@@ -27,7 +27,9 @@ from mmengine.optim.scheduler.param_scheduler import INF, _ParamScheduler
 from torch import nn
 
 from mmsparse.errors import ConfigError
+from mmsparse.models.uvc_primal_dual import UVC_OPTIMIZERS
 from mmsparse.registry import OPTIM_WRAPPER_CONSTRUCTORS, PARAM_SCHEDULERS
+from mmsparse.models.utils import unwrap_model
 
 __all__ = ['UVCOptimWrapperConstructor', 'PresetParamScheduler', 'PresetLR',
            'UVC_DEFAULT_OPTIMIZERS']
@@ -102,7 +104,7 @@ class UVCOptimWrapperConstructor:
             ``weights`` when ``weights`` has none).
         paramwise_cfg: see above.
     """
-    KEYS = ('weights', 'arch', 'gates', 'duals', 'flops_dual')
+    KEYS = UVC_OPTIMIZERS
     # the wrappers whose loss is scaled under --amp (read by mmsparse.utils.cli.enable_amp)
     AMP_WRAPPERS = ('weights', )
 
@@ -138,7 +140,7 @@ class UVCOptimWrapperConstructor:
 
     def __call__(self, model: nn.Module) -> OptimWrapperDict:
         from mmsparse.models.uvc_classifier import UVCClassifier
-        module = model.module if hasattr(model, 'module') else model
+        module = unwrap_model(model)
         if not isinstance(module, UVCClassifier):
             raise ConfigError(f'UVCOptimWrapperConstructor builds the optimizers of a '
                               f'mmsparse.UVCClassifier, got {type(module).__name__}')

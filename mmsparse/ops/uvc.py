@@ -31,7 +31,8 @@ __all__ = [
     'ste_ceil', 'least_sum', 'LEAST_SUM_SLOPES', 'column_sq_norms', 'group_scores',
     'keep_mask_lowest', 'UVCMasks',
     'uvc_masks', 'ViTCost', 'block_macs', 'uvc_macs', 'uvc_flops_fraction',
-    'group_flops_fractions', 'min_flops_fraction', 'prox_factors', 'project_grad',
+    'group_flops_fractions', 'min_flops_fraction', 'prox_factors',
+    'project_grad',
     'clip_inf_norm', 'gate_keep_prob',
     'gate_keep_sample', 'gate_keep_hard'
 ]
@@ -299,8 +300,6 @@ def min_flops_fraction(cost: ViTCost, block_gating: bool) -> float:
     return (cost.fixed_macs + cost.num_layers * per_block) / cost.dense_macs
 
 
-# ----------------------------------------------------------------------------------------------
-# proximal step, projections
 # ----------------------------------------------------------------------------------------------
 def prox_factors(removed: Tensor, dual: Tensor, lr: float) -> Tensor:
     """Proximal step of the group penalty ``dual * ||w_g||^2``: multiply removed groups' weights.
