@@ -272,7 +272,7 @@ def test_structured_hook_swaps_heads_and_compaction_is_exact():
     for b, hm, nm in zip(hook.blocks, hook.head_masks, hook.neuron_masks):
         rows = hm.repeat_interleave(32).repeat(3)
         assert bool((b.attn.qkv.weight[~rows] == 0).all())
-        assert bool((b.ffn.layers[1].weight[:, ~nm] == 0).all())
+        assert bool((b.fc2.weight[:, ~nm] == 0).all())
 
     # compaction: a physically smaller model with the same outputs
     model.eval()
@@ -332,21 +332,146 @@ def test_temperature_hook_anneals_linearly():
     runner.iter = 60
     half.before_train_iter(runner, 60)
     assert model.backbone.token_selector.noise_scale == 0.0
-    with pytest.raises(ConfigError, match='start must be a temperature > 0'):
+    with pytest.raises(ConfigError,
+                       match=r'TokenSelectorTemperatureHook\]\.start must be a number > 0'):
         TokenSelectorTemperatureHook(start=0)
-    with pytest.raises(ConfigError, match='noise_end must be a noise scale >= 0'):
+    with pytest.raises(ConfigError, match='noise_end must be a number >= 0'):
         TokenSelectorTemperatureHook(noise_end=-1)
+
+
+# ---------------------------------------------------------------------------------------------
+# the mask state: the one writer and reader of checkpoint['svite']
+def _old_entries():
+    """``checkpoint['svite']`` of both kinds, key for key as the hooks wrote it before the mask
+    state existed (engine/svite_hooks.py): what old checkpoints hold."""
+    from mmsparse.ops import dst
+    g = torch.Generator().manual_seed(5)
+    masks = {'a.weight': torch.tensor([[1, 0, 1], [1, 1, 0]], dtype=torch.bool),
+             'b.weight': torch.tensor([[0, 1]], dtype=torch.bool)}
+    fired = {'a.weight': torch.tensor([[1, 1, 1], [1, 1, 0]], dtype=torch.bool),
+             'b.weight': torch.tensor([[1, 1]], dtype=torch.bool)}
+    unstructured = dict(
+        kind='unstructured', version=1, shapes={n: list(m.shape) for n, m in masks.items()},
+        masks={n: dst.pack_mask(m) for n, m in masks.items()},
+        fired={n: dst.pack_mask(m) for n, m in fired.items()},
+        densities={'a.weight': 0.6, 'b.weight': 0.5}, density=0.55, generator=g.get_state(),
+        num_updates=2, history=[dict(iter=3, pruned=1)], pending=False)
+    structured = dict(
+        kind='structured', version=1, head_masks=[torch.tensor([True, False, True])],
+        neuron_masks=[torch.tensor([True, True, False, False])], head_dims=[32],
+        head_density=0.7, mlp_density=0.5, generator=g.get_state(), num_updates=1, history=[],
+        pending=True)
+    return masks, fired, unstructured, structured
+
+
+def _assert_same(a, b):
+    assert type(a) is type(b) or isinstance(a, (int, float)) and isinstance(b, (int, float))
+    if isinstance(a, torch.Tensor):
+        assert a.dtype == b.dtype and torch.equal(a, b)
+    elif isinstance(a, dict):
+        assert list(a) == list(b)
+        for k in a:
+            _assert_same(a[k], b[k])
+    elif isinstance(a, list):
+        assert len(a) == len(b)
+        for x, y in zip(a, b):
+            _assert_same(x, y)
+    else:
+        assert a == b
+
+
+def test_mask_state_reads_old_checkpoints_and_packs_them_back_key_for_key():
+    from mmsparse.compaction.svite import structured_masks_from_checkpoint
+    from mmsparse.engine.svite import (StructuredMaskState, UnstructuredMaskState,
+                                       read_mask_state)
+    masks, fired, unstructured, structured = _old_entries()
+    state = read_mask_state({'svite': unstructured, 'state_dict': {}})
+    assert isinstance(state, UnstructuredMaskState)
+    assert list(state.masks) == ['a.weight', 'b.weight']
+    for n in masks:
+        assert torch.equal(state.masks[n], masks[n]) and torch.equal(state.fired[n], fired[n])
+    assert state.num_updates == 2 and state.history == [dict(iter=3, pruned=1)]
+    assert torch.equal(state.generator.get_state(), unstructured['generator'])
+    _assert_same(state.pack(), unstructured)
+    # hand-computed: kept 4 of a (flat indices 0 + 2 + 3 + 4 = 9) and 1 of b (index 1)
+    assert state.fingerprint().tolist() == [4.0, 9.0, 1.0, 1.0]
+    assert state.stats() == dict(density=5 / 8, exploration=7 / 8)
+    state.synchronise('broadcast', True, 'test', 'init', None)  # one process: nothing happens
+    assert torch.equal(state.masks['a.weight'], masks['a.weight'])
+
+    s = read_mask_state({'svite': structured})
+    assert isinstance(s, StructuredMaskState) and s.pending and s.head_dims == [32]
+    _assert_same(s.pack(), structured)
+    assert s.fingerprint().tolist() == [2.0, 2.0, 2.0, 1.0]
+    heads, neurons = structured_masks_from_checkpoint({'svite': structured})
+    assert heads[0].tolist() == [True, False, True] and neurons[0].tolist() == [1, 1, 0, 0]
+    # nothing, or a kind this version does not know
+    assert read_mask_state({}) is None and read_mask_state({'svite': dict(kind='x')}) is None
+    assert structured_masks_from_checkpoint({'svite': unstructured}) is None
+
+
+def test_hooks_ignore_masks_of_the_other_kind():
+    from mmsparse.engine import SparseTrainingHook, StructuredSparseTrainingHook
+    _, _, unstructured, structured = _old_entries()
+    model, _ = build_classifier()
+    runner = FakeRunner(model, max_iters=4)
+    hook = StructuredSparseTrainingHook()
+    hook.after_load_checkpoint(runner, {'svite': unstructured})
+    assert hook._restored is None
+    hook = SparseTrainingHook()
+    hook.after_load_checkpoint(runner, {'svite': structured})
+    assert hook._restored is None
+    hook.after_load_checkpoint(runner, {'svite': unstructured})
+    assert hook._restored is not None and hook._restored.num_updates == 2
+
+
+def test_compact_svite_checkpoint_from_python(tmp_path):
+    from mmsparse.compaction import compact_svite_checkpoint
+    from mmsparse.engine import StructuredSparseTrainingHook
+    model, cfg = build_classifier('mmsparse.SViTEVisionTransformer')
+    runner = FakeRunner(model, max_iters=4, lr=5e-3)
+    hook = StructuredSparseTrainingHook(head_density=0.7, mlp_density=0.6, update_interval=2,
+                                        stop_ratio=1.0)
+    start(hook, runner)
+    train(hook, runner, 4)
+    ckpt = dict(meta=dict(epoch=1), state_dict=model.state_dict())
+    hook.before_save_checkpoint(runner, ckpt)
+    torch.save(ckpt, tmp_path / 'epoch_1.pth')
+    cfg.custom_hooks = [dict(type='StructuredSparseTrainingHook', head_density=0.7),
+                        dict(type='mmsparse.TokenSelectorTemperatureHook')]
+    report = compact_svite_checkpoint(cfg, str(tmp_path / 'epoch_1.pth'),
+                                      str(tmp_path / 'out' / 's2_compact'), atol=1e-5)
+    assert report['masks_from'].startswith('checkpoint masks')
+    assert report['num_heads'] == [2] * 6 and report['mlp_dims'] == [230] * 6
+    assert report['max_abs_diff'] < 1e-5 and report['params_compact'] < 0.7 * report['params']
+    text = (tmp_path / 'out' / 's2_compact.py').read_text()
+    assert 'CompactVisionTransformer' in text and '_base_' in text
+    assert 'StructuredSparseTrainingHook' not in text  # the sparse-training hook is dropped
+    assert 'TokenSelectorTemperatureHook' in text  # other hooks are kept
+    saved = load_checkpoint_file(report['checkpoint'])
+    assert saved['meta']['compaction'] == 'svite' and saved['meta']['epoch'] == 1
+    # without checkpoint['svite'] the masks are read off the zero rows: the same model
+    del ckpt['svite']
+    torch.save(ckpt, tmp_path / 'plain.pth')
+    again = compact_svite_checkpoint(cfg, str(tmp_path / 'plain.pth'),
+                                     str(tmp_path / 'out' / 'plain_compact'), atol=1e-5)
+    assert again['masks_from'].startswith('zero rows')
+    assert (again['num_heads'], again['mlp_dims']) == (report['num_heads'], report['mlp_dims'])
+    with pytest.raises(ValueError, match='S²ViTE compaction needs'):
+        plain, plain_cfg = build_classifier()
+        torch.save(dict(state_dict=plain.state_dict()), tmp_path / 'vit.pth')
+        compact_svite_checkpoint(plain_cfg, str(tmp_path / 'vit.pth'), str(tmp_path / 'x'))
 
 
 # ---------------------------------------------------------------------------------------------
 # bad input
 @pytest.mark.parametrize('kwargs,match', [
-    (dict(density=0), r'SparseTrainingHook\.density must be a number in \(0, 1\]'),
-    (dict(density=1.5), r'SparseTrainingHook\.density'),
-    (dict(update_interval=0), r'SparseTrainingHook\.update_interval must be an int >= 1'),
+    (dict(density=0), r'SparseTrainingHook\]\.density must be a number in \(0, 1\]'),
+    (dict(density=1.5), r'SparseTrainingHook\]\.density'),
+    (dict(update_interval=0), r'SparseTrainingHook\]\.update_interval must be an integer >= 1'),
     (dict(update_interval=-5), 'update_interval'),
-    (dict(sparse_init='ERR'), r"sparse_init must be one of \('fixed_ERK', 'ERK', 'uniform'\)"),
-    (dict(growth='magnitude'), r"growth must be one of \('gradient', 'momentum', 'random'\)"),
+    (dict(sparse_init='ERR'), r"sparse_init must be one of 'fixed_ERK', 'ERK', 'uniform', got"),
+    (dict(growth='magnitude'), r"growth must be one of 'gradient', 'momentum', 'random', got"),
     (dict(layers=['(']), 'not a valid regex'),
     (dict(stop_ratio=2), 'stop_ratio'),
 ])
@@ -360,7 +485,7 @@ def test_unstructured_hook_bad_input(kwargs, match):
     (dict(head_density=0.0), r'head_density must be a number in \(0, 1\]'),
     (dict(head_density=1.2), 'head_density'),
     (dict(mlp_density=-0.1), r'mlp_density must be a number in \(0, 1\]'),
-    (dict(update_interval=0), 'update_interval must be an int >= 1'),
+    (dict(update_interval=0), 'update_interval must be an integer >= 1'),
     (dict(neuron_growth='x'), 'neuron_growth'),
 ])
 def test_structured_hook_bad_input(kwargs, match):
@@ -509,25 +634,21 @@ def test_resume_continues_with_bit_identical_masks(tmp_path, data_root):
     assert 'density per layer: patch_embed.projection' in log
     assert 'pruned' in log and 'regrown' in log and 'exploration' in log
 
-    # the compact export of tools/compact.py (its main, in-process)
-    import importlib.util
+    # the compact export: from Python, and through tools/compact.py
     import json
-    import sys
-    spec = importlib.util.spec_from_file_location('compact_tool', REPO / 'tools/compact.py')
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+
+    from mmsparse.compaction import export_sparse_checkpoint
+    report = export_sparse_checkpoint(str(full / 'epoch_2.pth'), str(tmp_path / 'sparse.pth'))
+    size = (tmp_path / 'sparse.pth').stat().st_size
+    assert report['exact'] and size == report['bytes'] and report['sparse_tensors'] == 26
+    assert size < 0.6 * report['dense_state_dict_bytes']  # same weights, dense, no optimizer
     out = tmp_path / 'export'
-    argv = sys.argv
-    try:
-        sys.argv = ['compact.py', str(cfg), str(full / 'epoch_2.pth'), '--out', str(out),
-                    '--method', 'sparse']
-        assert tool.main() == 0
-    finally:
-        sys.argv = argv
+    ok(run_tool('tools/compact.py', cfg, full / 'epoch_2.pth', '--out', out, '--method',
+                'sparse'))
     report = json.loads((out / 'svite_small_sparse.json').read_text())
     size = (out / 'svite_small_sparse.pth').stat().st_size
     assert report['exact'] and size == report['bytes']
-    assert size < 0.6 * report['dense_state_dict_bytes']  # same weights, dense, no optimizer
+    assert report['load_as'] == f'sparse://{out / "svite_small_sparse.pth"}'
 
 
 def test_two_ranks_compute_identical_masks(tmp_path, data_root):

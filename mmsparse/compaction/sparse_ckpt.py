@@ -12,6 +12,7 @@ The file holds ``{'meta': ..., 'state_dict': {dense tensors}, 'sparse_state_dict
 ``tools/test.py CONFIG sparse://path.pth`` load it like a normal checkpoint.
 """
 import os
+import tempfile
 from collections import OrderedDict
 from typing import Dict, Iterable, Optional
 
@@ -19,10 +20,11 @@ import torch
 from torch import Tensor
 
 from mmsparse.checkpoint import load_checkpoint_file
+from mmsparse.engine.svite import UnstructuredMaskState, read_mask_state
 from mmsparse.ops.dst import pack_mask, unpack_mask
 
 __all__ = ['SCHEME', 'FORMAT', 'sparsify_state_dict', 'densify_state_dict',
-           'save_sparse_checkpoint', 'load_sparse_checkpoint']
+           'save_sparse_checkpoint', 'load_sparse_checkpoint', 'export_sparse_checkpoint']
 
 SCHEME = 'sparse://'
 FORMAT = 'mmsparse.sparse_state_dict.v1'
@@ -94,9 +96,10 @@ def save_sparse_checkpoint(checkpoint: dict, path: str, names: Optional[Iterable
         ``dict(path, bytes, sparse_tensors, dense_tensors)``.
     """
     state_dict = checkpoint.get('state_dict', checkpoint)
-    if names is None and isinstance(checkpoint.get('svite'), dict) \
-            and checkpoint['svite'].get('kind') == 'unstructured':
-        names = list(checkpoint['svite']['shapes'])
+    if names is None:
+        state = read_mask_state(checkpoint)
+        if isinstance(state, UnstructuredMaskState):
+            names = list(state.masks)
     packed = sparsify_state_dict(state_dict, names, min_sparsity)
     meta = dict(checkpoint.get('meta', {})) if 'state_dict' in checkpoint else {}
     meta = {k: v for k, v in meta.items() if isinstance(v, (str, int, float, bool))}
@@ -118,3 +121,38 @@ def load_sparse_checkpoint(path: str, map_location=None) -> dict:
         state_dict = OrderedDict((k, v.to(map_location) if isinstance(v, Tensor) else v)
                                  for k, v in state_dict.items())
     return dict(meta=dict(packed.get('meta', {})), state_dict=state_dict)
+
+
+def export_sparse_checkpoint(checkpoint: str, out_path: str) -> dict:
+    """Write a trained checkpoint as a sparse file and check it (``tools/compact.py --method
+    sparse``).
+
+    Args:
+        checkpoint: path of a ``.pth`` of ``tools/train.py``.
+        out_path: the sparse file to write.
+
+    Returns:
+        A report: paths, ``load_as`` (the ``sparse://`` name), the file's bytes next to those
+        of the same weights stored dense (no optimizer state) and of the original file.
+
+    Raises:
+        ValueError: the checkpoint has no state_dict.
+        RuntimeError: the file does not load back to exactly the same weights.
+    """
+    ckpt = load_checkpoint_file(checkpoint, map_location='cpu')
+    if 'state_dict' not in ckpt:
+        raise ValueError(f'{checkpoint} has no state_dict (not a checkpoint of tools/train.py)')
+    info = save_sparse_checkpoint(ckpt, out_path)
+    back = load_sparse_checkpoint(out_path)['state_dict']
+    exact = list(back) == list(ckpt['state_dict']) and all(
+        torch.equal(back[k], ckpt['state_dict'][k]) for k in back)
+    if not exact:
+        raise RuntimeError('the sparse checkpoint does not load back to the same weights')
+    with tempfile.TemporaryDirectory() as tmp:  # the same weights, dense, without optimizer
+        dense = os.path.join(tmp, 'dense.pth')
+        torch.save(dict(meta={}, state_dict=ckpt['state_dict']), dense)
+        dense_bytes = os.path.getsize(dense)
+    return dict(method='sparse', checkpoint=out_path, load_as=SCHEME + out_path,
+                bytes=info['bytes'], dense_state_dict_bytes=dense_bytes,
+                original_file_bytes=os.path.getsize(checkpoint),
+                sparse_tensors=info['sparse_tensors'], exact=exact)

@@ -21,18 +21,29 @@ Per layer, with the active heads A and neurons J:
 
 Everything else (patch embedding, class token, position embedding, norms, head, token selector)
 is copied unchanged.
+
+:func:`compact_svite_checkpoint` does all of it for a trained checkpoint (what
+``tools/compact.py --method svite`` runs): the masks, the compact weights, a derived config
+(:func:`~mmsparse.utils.write_derived_config`) and the check that both models compute the same.
 """
 import copy
+import os.path as osp
 from collections import OrderedDict
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
 
+from mmsparse.engine.svite import StructuredMaskState, read_mask_state
 from mmsparse.ops.dst import head_rows_mask
 
 __all__ = ['structured_masks_from_checkpoint', 'structured_masks_from_weights',
-           'compact_state_dict', 'compact_backbone_cfg', 'layer_count']
+           'compact_state_dict', 'compact_backbone_cfg', 'layer_count',
+           'compact_svite_checkpoint']
+
+# state-dict keys of the MLP of an mmpretrain encoder layer (mmcv FFN): fc1, fc2
+FC1 = 'ffn.layers.0.0.'
+FC2 = 'ffn.layers.1.'
 
 
 def layer_count(state_dict: Dict[str, Tensor], prefix: str = 'backbone.') -> int:
@@ -43,14 +54,13 @@ def layer_count(state_dict: Dict[str, Tensor], prefix: str = 'backbone.') -> int
     return n
 
 
-def structured_masks_from_checkpoint(checkpoint: dict) -> Optional[Tuple[List[Tensor],
-                                                                         List[Tensor]]]:
-    """``(head_masks, neuron_masks)`` saved by the structured hook, or None."""
-    state = checkpoint.get('svite')
-    if not isinstance(state, dict) or state.get('kind') != 'structured':
+def structured_masks_from_checkpoint(checkpoint: Mapping) -> Optional[Tuple[List[Tensor],
+                                                                            List[Tensor]]]:
+    """``(head_masks, neuron_masks)`` (bool, CPU) saved by the structured hook, or None."""
+    state = read_mask_state(checkpoint)
+    if not isinstance(state, StructuredMaskState):
         return None
-    return ([m.bool().cpu() for m in state['head_masks']],
-            [m.bool().cpu() for m in state['neuron_masks']])
+    return state.head_masks, state.neuron_masks
 
 
 def structured_masks_from_weights(state_dict: Dict[str, Tensor], head_dims: Sequence[int],
@@ -65,7 +75,7 @@ def structured_masks_from_weights(state_dict: Dict[str, Tensor], head_dims: Sequ
         h = qkv.shape[0] // (3 * d)
         rows = (qkv != 0).any(dim=1).view(3, h, d)
         heads.append(rows.any(dim=2).any(dim=0))
-        fc1, fc2 = state_dict[p + 'ffn.layers.0.0.weight'], state_dict[p + 'ffn.layers.1.weight']
+        fc1, fc2 = state_dict[p + FC1 + 'weight'], state_dict[p + FC2 + 'weight']
         neurons.append((fc1 != 0).any(dim=1) | (fc2 != 0).any(dim=0))
     return heads, neurons
 
@@ -110,10 +120,9 @@ def compact_state_dict(state_dict: Dict[str, Tensor], head_masks: Sequence[Tenso
                     proj_b.dtype)
         out[p + 'attn.proj.weight'] = proj_w[:, cols].clone()
         out[p + 'attn.proj.bias'] = proj_b
-        fc1 = p + 'ffn.layers.0.0.'
+        fc1, fc2 = p + FC1, p + FC2 + 'weight'
         out[fc1 + 'weight'] = state_dict[fc1 + 'weight'][nm].clone()
         out[fc1 + 'bias'] = state_dict[fc1 + 'bias'][nm].clone()
-        fc2 = p + 'ffn.layers.1.weight'
         out[fc2] = state_dict[fc2][:, nm].clone()
     return out
 
@@ -137,3 +146,93 @@ def compact_backbone_cfg(backbone_cfg: dict, head_masks: Sequence[Tensor],
     cfg['head_dims'] = [int(d) for d in head_dims]
     cfg['mlp_dims'] = [int(m.sum()) for m in neuron_masks]
     return cfg
+
+
+def compact_svite_checkpoint(cfg, checkpoint: str, out_prefix: str, atol: float = 1e-4,
+                             base_config: Optional[str] = None) -> dict:
+    """Compact a model trained with the structured hook (``tools/compact.py --method svite``).
+
+    Reads the masks from ``checkpoint['svite']`` (else off the zero rows of the weights),
+    writes ``<out_prefix>.pth`` (the compact weights, see :func:`compact_state_dict`) and
+    ``<out_prefix>.py``, a config that inherits ``base_config`` with the compact backbone
+    (:func:`compact_backbone_cfg`) and without the sparse-training hooks, and checks that the
+    compact model's logits equal the masked model's to ``atol`` on random images.
+
+    Args:
+        cfg: the :class:`mmengine.Config` the checkpoint was trained with.
+        checkpoint: path of the trained ``.pth``.
+        out_prefix: output path without extension.
+        atol: largest allowed logit difference.
+        base_config: the config file the derived config inherits; default ``cfg.filename``.
+
+    Returns:
+        A report dict (mask source, paths, per-layer heads and MLP widths, parameter counts,
+        largest logit difference).
+
+    Raises:
+        ValueError: the checkpoint has no state_dict, or the backbone records no heads.
+        RuntimeError: the compact model's logits differ by more than ``atol``.
+    """
+    from mmsparse.analysis import make_images
+    from mmsparse.checkpoint import load_checkpoint_file
+    from mmsparse.utils import build_model, load_config
+    from .uvc import max_output_diff
+
+    ckpt = load_checkpoint_file(checkpoint, map_location='cpu')
+    if 'state_dict' not in ckpt:
+        raise ValueError(f'{checkpoint} has no state_dict (not a checkpoint of tools/train.py)')
+    original = build_model(cfg, checkpoint)
+    backbone = original.backbone
+    if not hasattr(backbone, 'attention_layers'):
+        raise ValueError(f"S²ViTE compaction needs model.backbone.type='mmsparse."
+                         f"SViTEVisionTransformer' (or a CompactVisionTransformer), got "
+                         f'{type(backbone).__name__}')
+    head_dims = [a.head_dims for a in backbone.attention_layers()]
+    masks = structured_masks_from_checkpoint(ckpt)
+    source = 'checkpoint masks (StructuredSparseTrainingHook)'
+    if masks is None:
+        masks = structured_masks_from_weights(ckpt['state_dict'], head_dims)
+        source = 'zero rows of the weights (the checkpoint holds no S²ViTE masks)'
+    new_bb = _write_compact(cfg, ckpt, checkpoint, out_prefix, masks, head_dims,
+                            base_config or cfg.filename)
+    cfg_path, ckpt_path = f'{out_prefix}.py', f'{out_prefix}.pth'
+    compact = build_model(load_config(cfg_path), ckpt_path)
+    size = new_bb.get('img_size', 224)
+    size = (size, size) if isinstance(size, int) else tuple(size)
+    diff = max_output_diff(original, compact, make_images(4, size, new_bb.get('in_channels', 3)))
+    report = dict(method='svite', masks_from=source, config=cfg_path, checkpoint=ckpt_path,
+                  num_heads=new_bb['num_heads'], mlp_dims=new_bb['mlp_dims'],
+                  params=sum(p.numel() for p in original.parameters()),
+                  params_compact=sum(p.numel() for p in compact.parameters()),
+                  max_abs_diff=diff)
+    if diff > atol:
+        raise RuntimeError(f'the compact model differs from the masked one by {diff:.3g} '
+                           f'(> --atol {atol})')
+    return report
+
+
+def _write_compact(cfg, ckpt: dict, checkpoint: str, out_prefix: str,
+                   masks: Tuple[List[Tensor], List[Tensor]], head_dims: List[int],
+                   base_config: str) -> dict:
+    """Write ``<out_prefix>.py`` / ``.pth`` of the compact model; its backbone config."""
+    from mmsparse.engine.svite import DSTHook
+    from mmsparse.utils import write_derived_config
+    from mmsparse.utils.config import is_config_of
+
+    heads, neurons = masks
+    bb_cfg = cfg.model.backbone
+    new_bb = compact_backbone_cfg(bb_cfg.to_dict() if hasattr(bb_cfg, 'to_dict') else bb_cfg,
+                                  heads, neurons, head_dims)
+    # the masks are cut out: the hooks that trained them have nothing left to do
+    hooks = [h for h in (cfg.get('custom_hooks') or []) if not is_config_of(h, DSTHook)]
+    write_derived_config(
+        base_config, f'{out_prefix}.py',
+        dict(model=dict(backbone=dict(_delete_=True, **new_bb)), custom_hooks=hooks),
+        header=f'compacted by mmsparse.compaction.svite (tools/compact.py --method svite) '
+               f'from\n{checkpoint}: per-layer heads {new_bb["num_heads"]}, MLP widths '
+               f'{new_bb["mlp_dims"]}.')
+    meta = {k: v for k, v in ckpt.get('meta', {}).items() if isinstance(v, (str, int, float))}
+    meta.update(compacted_from=osp.abspath(checkpoint), compaction='svite')
+    torch.save(dict(meta=meta, state_dict=compact_state_dict(ckpt['state_dict'], heads, neurons,
+                                                             head_dims)), f'{out_prefix}.pth')
+    return new_bb

@@ -3,20 +3,24 @@
 - :class:`DynamicViTOptimHook`: the backbone (every parameter whose name holds none of
   ``trainable_keys``, i.e. all but the predictors) learns at ``backbone_lr_scale`` x the
   scheduled lr, and not at all during the first ``freeze_backbone`` epochs (or iterations).
-- :class:`RNGStateHook`: torch's random state (the Gumbel noise of DynamicViT's decisions) is
-  saved in checkpoints and restored on resume, and validation does not advance it, so that an
-  interrupted and resumed run draws the same noise as an uninterrupted one.
+- :class:`RNGStateHook`: torch's random state (the Gumbel noise of DynamicViT's decisions,
+  DropPath, samplers) and numpy's / Python's (data augmentation) are saved in checkpoints and
+  restored on resume, and validation does not advance torch's, so that an interrupted and
+  resumed run draws the same noise as an uninterrupted one.
 """
+import random
 from typing import Dict, List, Optional, Sequence
 
+import numpy as np
 import torch
 from mmengine import dist
 from mmengine.hooks import Hook
 from mmengine.logging import print_log
+from mmengine.runner import IterBasedTrainLoop
 
 from mmsparse.errors import ConfigError
 from mmsparse.registry import HOOKS
-from .utils import unwrap_model
+from mmsparse.models.utils import unwrap_model
 
 __all__ = ['DynamicViTOptimHook', 'RNGStateHook']
 
@@ -130,7 +134,8 @@ class RNGStateHook(Hook):
 
     @staticmethod
     def _state() -> Dict[str, object]:
-        state = {'torch': torch.get_rng_state()}
+        state = {'torch': torch.get_rng_state(), 'numpy': np.random.get_state(),
+                 'python': random.getstate()}
         if torch.cuda.is_available():
             state['cuda'] = torch.cuda.get_rng_state_all()
         return state
@@ -173,7 +178,14 @@ class RNGStateHook(Hook):
                       f'ranks, this run has {dist.get_world_size()}; not restored',
                       logger='current', level=30)
             return
-        self._set_state(states[dist.get_rank()])
+        state = states[dist.get_rank()]
+        self._set_state(state)
+        # the data pipeline's streams (e.g. mmcv's RandomFlip draws from numpy's): an
+        # iteration-based loop replays the consumed batches after this hook, which redraws them
+        # from the seed; an epoch-based one does not, so it gets the saved state
+        if 'numpy' in state and not isinstance(runner.train_loop, IterBasedTrainLoop):
+            np.random.set_state(state['numpy'])
+            random.setstate(state['python'])
 
     def before_val(self, runner) -> None:
         self._before_val = self._state()

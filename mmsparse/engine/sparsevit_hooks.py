@@ -20,19 +20,27 @@ from typing import List, Optional, Sequence
 import numpy as np
 from mmengine.hooks import Hook
 
-from mmsparse.errors import ConfigError
 from mmsparse.models.sparsevit import normalize_window_ratios
+from mmsparse.ops.windows import RATIO_GROUP_SIZE, expand_group_ratios, num_ratio_groups
 from mmsparse.registry import HOOKS
-from .utils import unwrap_model
+from mmsparse.validation import Keys
+from mmsparse.models.utils import unwrap_model
 
 __all__ = ['SparsityAwareAdaptationHook', 'sample_window_ratios', 'DEFAULT_CANDIDATES']
 
 DEFAULT_CANDIDATES = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
 
+KEYS = Keys('custom_hooks[SparsityAwareAdaptationHook]')
+
 
 def sample_window_ratios(depths: Sequence[int], candidates: Sequence[float],
-                         rng: np.random.Generator, group_size: int = 2) -> List[List[float]]:
+                         rng: np.random.Generator,
+                         group_size: int = RATIO_GROUP_SIZE) -> List[List[float]]:
     """Draw per-block window ratios: per stage, one sorted candidate per group of blocks.
+
+    The grouping is :func:`mmsparse.ops.windows.num_ratio_groups` /
+    :func:`~mmsparse.ops.windows.expand_group_ratios`, the rule of the backbone and the search;
+    sorting the draws of a stage keeps its ratios non-decreasing.
 
     Args:
         depths: blocks per stage, each a multiple of ``group_size``.
@@ -44,9 +52,10 @@ def sample_window_ratios(depths: Sequence[int], candidates: Sequence[float],
         One list per stage, one ratio per block, non-decreasing within each stage.
     """
     out = []
-    for depth in depths:
-        picks = np.sort(rng.integers(0, len(candidates), size=depth // group_size))
-        out.append([float(candidates[p]) for p in picks for _ in range(group_size)])
+    for depth in depths:  # one draw per stage, in stage order (the stream a resume replays)
+        picks = np.sort(rng.integers(0, len(candidates),
+                                     size=num_ratio_groups(depth, group_size)))
+        out.append(expand_group_ratios([candidates[p] for p in picks], group_size))
     return out
 
 
@@ -65,22 +74,16 @@ class SparsityAwareAdaptationHook(Hook):
 
     priority = 'NORMAL'
 
-    def __init__(self, candidates: Sequence[float] = DEFAULT_CANDIDATES, group_size: int = 2,
+    def __init__(self, candidates: Sequence[float] = DEFAULT_CANDIDATES,
+                 group_size: int = RATIO_GROUP_SIZE,
                  seed: Optional[int] = None, val_ratios=None, log: bool = True) -> None:
-        key = 'custom_hooks.SparsityAwareAdaptationHook'
-        if isinstance(candidates, (str, bytes)) or not isinstance(candidates, Sequence) \
-                or len(candidates) == 0:
-            raise ConfigError(f'{key}.candidates: expected a non-empty list of ratios in [0, 1), '
-                             f'got {candidates!r} (e.g. [0, 0.1, ..., 0.8])')
-        for c in candidates:
-            if isinstance(c, bool) or not isinstance(c, (int, float)) or not 0 <= c < 1:
-                raise ConfigError(f'{key}.candidates: {c!r} is not a ratio in [0, 1)')
-        if list(candidates) != sorted(candidates):
-            raise ConfigError(f'{key}.candidates must be ascending, got {list(candidates)}')
-        if not isinstance(group_size, int) or group_size < 1:
-            raise ConfigError(f'{key}.group_size must be a positive int, got {group_size!r}')
-        if seed is not None and (not isinstance(seed, int) or seed < 0):
-            raise ConfigError(f'{key}.seed must be None or a non-negative int, got {seed!r}')
+        KEYS.numbers('candidates', candidates, 0, 1, high_open=True)
+        KEYS.require('candidates', list(candidates) == sorted(candidates),
+                     f'must be ascending, got {list(candidates)}')
+        KEYS.number('group_size', group_size, 1, integer=True)
+        if seed is not None:
+            KEYS.number('seed', seed, 0, integer=True)
+        KEYS.boolean('log', log)
         self.candidates = tuple(float(c) for c in candidates)
         self.group_size = group_size
         self.seed = seed
@@ -116,15 +119,11 @@ class SparsityAwareAdaptationHook(Hook):
     # ------------------------------------------------------------------ hook points
     def before_run(self, runner) -> None:
         backbone = self.backbone(runner)
-        bad = [d for d in backbone.depths if d % self.group_size]
-        if bad:
-            raise ConfigError(f'custom_hooks.SparsityAwareAdaptationHook.group_size '
-                              f'{self.group_size} must divide every stage depth '
-                              f'{tuple(backbone.depths)}')
+        KEYS.require('group_size', all(d % self.group_size == 0 for d in backbone.depths),
+                     f'{self.group_size} must divide every stage depth {tuple(backbone.depths)}')
         self._fixed = (backbone.window_ratios if self.val_ratios is None else
                        normalize_window_ratios(self.val_ratios, backbone.depths,
-                                               'custom_hooks.SparsityAwareAdaptationHook.'
-                                               'val_ratios'))
+                                               KEYS.key('val_ratios')))
 
     def before_train_iter(self, runner, batch_idx: int, data_batch=None) -> None:
         backbone = self.backbone(runner)

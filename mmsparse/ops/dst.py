@@ -14,9 +14,9 @@ from torch import Tensor
 
 __all__ = [
     'erk_densities', 'uniform_densities', 'random_mask', 'magnitude_mask', 'magnitude_death',
-    'gradient_growth', 'random_growth', 'cosine_death_rate', 'head_taylor_scores',
-    'neuron_l1_scores', 'structured_prune_regrow', 'init_structured_mask', 'head_rows_mask',
-    'pack_mask', 'unpack_mask', 'mask_fingerprint'
+    'gradient_growth', 'random_growth', 'magnitude_prune_regrow', 'cosine_death_rate',
+    'head_taylor_scores', 'neuron_l1_scores', 'structured_prune_regrow', 'init_structured_mask',
+    'head_rows_mask', 'pack_mask', 'unpack_mask', 'mask_fingerprint'
 ]
 
 
@@ -165,15 +165,10 @@ def gradient_growth(mask: Tensor, grad: Tensor, n: int) -> Tensor:
     Returns:
         the new bool mask (a superset of ``mask``).
     """
-    free = int((~mask).sum())
-    n = min(int(n), free)
+    n = min(int(n), int((~mask).sum()))
     if n <= 0:
         return mask.clone()
-    score = grad.detach().abs().flatten().float()
-    score = score.masked_fill(mask.flatten(), float('-inf'))
-    out = mask.flatten().clone()
-    out[torch.topk(score, n, largest=True, sorted=False).indices] = True
-    return out.view_as(mask)
+    return _activate_top(mask, grad.detach().abs().flatten().float(), n)
 
 
 def random_growth(mask: Tensor, n: int, generator: Optional[torch.Generator] = None) -> Tensor:
@@ -187,15 +182,45 @@ def random_growth(mask: Tensor, n: int, generator: Optional[torch.Generator] = N
     Returns:
         the new bool mask (a superset of ``mask``).
     """
-    free = int((~mask).sum())
-    n = min(int(n), free)
-    if n <= 0:
+    n = min(int(n), int((~mask).sum()))
+    if n <= 0:  # no draw: the generator moves only when something grows
         return mask.clone()
-    score = torch.rand(mask.numel(), generator=generator).to(mask.device)
-    score = score.masked_fill(mask.flatten(), -1.0)
+    return _activate_top(mask, torch.rand(mask.numel(), generator=generator).to(mask.device), n)
+
+
+def _activate_top(mask: Tensor, score: Tensor, n: int) -> Tensor:
+    """``mask`` with its ``n`` inactive entries of largest flat ``score`` activated
+    (1 <= n <= #inactive)."""
+    score = score.masked_fill(mask.flatten(), float('-inf'))
     out = mask.flatten().clone()
     out[torch.topk(score, n, largest=True, sorted=False).indices] = True
     return out.view_as(mask)
+
+
+def magnitude_prune_regrow(weight: Tensor, mask: Tensor, rate: float,
+                           grow_scores: Optional[Tensor] = None,
+                           generator: Optional[torch.Generator] = None) -> Tuple[Tensor, Tensor]:
+    """One SViTE update of one layer: :func:`magnitude_death`, then as many entries grown.
+
+    Growth takes the inactive entries of largest ``|grow_scores|`` (:func:`gradient_growth`:
+    RigL's gradient, or an optimizer momentum), or, with ``grow_scores=None``, uniformly random
+    ones (:func:`random_growth`). The layer's number of active entries is unchanged.
+
+    Args:
+        weight: (...) weights (magnitudes decide the death).
+        mask: bool (...) current mask.
+        rate: death rate in [0, 1].
+        grow_scores: (...) growth scores, or None for random growth.
+        generator: CPU random generator of random growth.
+
+    Returns:
+        ``(after_death, new)``: the bool masks after the death step and after the growth.
+    """
+    after_death = magnitude_death(weight, mask, rate)
+    n = int(mask.sum()) - int(after_death.sum())
+    if grow_scores is None:
+        return after_death, random_growth(after_death, n, generator)
+    return after_death, gradient_growth(after_death, grow_scores, n)
 
 
 def cosine_death_rate(step: int, total: int, initial: float, floor: float = 0.005) -> float:
