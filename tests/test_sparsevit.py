@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch import nn
 
+from mmsparse.checkpoint import load_checkpoint_file
 from mmsparse.engine.sparsevit_hooks import (DEFAULT_CANDIDATES, SparsityAwareAdaptationHook,
                                              sample_window_ratios)
 from mmsparse.errors import ConfigError
@@ -71,6 +72,55 @@ def test_dense_outputs_equal_mmdet_and_mmseg_exactly(hw):
     assert len(got) == 4
     for a, b, c in zip(ref, got, ref_seg):
         assert torch.equal(a, b) and torch.equal(c, b)
+
+
+def test_dense_swin_layers_equal_mmdet_exactly():
+    from mmsparse.models.layers.swin import SwinTransformer
+    dense, sparse = _tiny_pair()
+    ours = SwinTransformer(**TINY)
+    ours.load_state_dict(dense.state_dict(), strict=True)
+    ours.eval()
+    assert list(ours.state_dict()) == list(sparse.state_dict())
+    x = torch.randn(1, 3, 100, 150)  # padding in every stage
+    with torch.no_grad():
+        for a, b in zip(dense(x), ours(x)):
+            assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize('kwargs,match', [
+    (dict(num_heads=[1, 2, 4]), r'model\.backbone\.num_heads \(1, 2, 4\) must have one entry'),
+    (dict(strides=(4, 2, 2)), r'model\.backbone\.strides \(4, 2, 2\) must have one entry'),
+    (dict(strides=(2, 2, 2, 2)), r'model\.backbone\.strides\[0\] must equal patch_size 4'),
+    (dict(out_indices=(0, 4)), r'model\.backbone\.out_indices\[1\] must be an integer'),
+    (dict(depths=[2, 0, 4, 2]), r'model\.backbone\.depths\[1\] must be an integer >= 1'),
+    (dict(window_size=0), r'model\.backbone\.window_size must be an integer >= 1'),
+    (dict(pretrain_img_size=(1, 2, 3)), r'model\.backbone\.pretrain_img_size must be an int'),
+    (dict(pretrained=3), r'model\.backbone\.pretrained must be a str or None'),
+    (dict(pretrained='a.pth', init_cfg=dict(type='Pretrained', checkpoint='b.pth')),
+     r'model\.backbone\.pretrained and init_cfg cannot'),
+])
+def test_bad_arch_arguments_fail_naming_the_key(kwargs, match):
+    with pytest.raises(ConfigError, match=match):
+        SparseSwinTransformer(**{**TINY, **kwargs})
+
+
+def test_checkpoint_fitting_strips_prefixes_and_resizes_position_tables():
+    from mmsparse.models.layers.swin_weights import adapt_swin_state_dict
+    own = SparseSwinTransformer(**TINY).state_dict()
+    table = 'stages.1.blocks.0.attn.w_msa.relative_position_bias_table'  # 2 heads
+    assert own[table].shape == (13 * 13, 2)
+    heads = torch.tensor([[1.0, 3.0]])
+    src = {'module.' + table: heads.expand(9 * 9, 2),  # window 5: 9x9 offsets
+           'module.stages.2.blocks.0.attn.w_msa.relative_position_bias_table': torch.zeros(169, 5),
+           'module.absolute_pos_embed': torch.zeros(1, 4, 32),
+           'module.norm0.weight': torch.ones(32)}
+    out = adapt_swin_state_dict(src, own)
+    assert list(out) == [table, 'norm0.weight']  # other head count / no pos embed: dropped
+    # resized per head to window 7's 13x13 offsets (bicubic keeps a constant table constant)
+    torch.testing.assert_close(out[table], heads.expand(169, 2))
+    det = adapt_swin_state_dict({'backbone.norm0.weight': torch.ones(32),
+                                 'neck.conv.weight': torch.zeros(1)}, own)
+    assert list(det) == ['norm0.weight']
 
 
 @pytest.mark.parametrize('hw', [(14, 14), (10, 17), (9, 9)])
@@ -261,6 +311,37 @@ def test_sample_window_ratios_rule():
     assert len(seen) > 150
 
 
+def test_saa_draws_backbone_ratios_and_search_genomes_share_one_grouping():
+    from mmsparse.search import window_ratio_space
+    depths = [2, 2, 6, 2]
+    space = window_ratio_space(depths, DEFAULT_CANDIDATES)
+    hook = SparsityAwareAdaptationHook()
+    for it in range(50):
+        drawn = hook.ratios_for(it, 7, depths)
+        # one gene per W-MSA / SW-MSA pair: the draw is a genome of the search space
+        genome = tuple(DEFAULT_CANDIDATES.index(r) for stage in drawn for r in stage[::2])
+        assert space.genome_space.is_valid(genome)
+        assert space.decode(genome) == drawn
+        # and the backbone reads the per-pair form as the same per-block ratios
+        pairs = [stage[::2] for stage in drawn]
+        assert normalize_window_ratios(pairs, depths) == tuple(map(tuple, drawn))
+
+
+def test_saa_hook_messages_name_the_full_key():
+    prefix = r'custom_hooks\[SparsityAwareAdaptationHook\]\.'
+    for kwargs, key in ((dict(candidates=[0, 1.0]), r'candidates\[1\]'),
+                        (dict(candidates=[0.5, 0.1]), 'candidates'),
+                        (dict(group_size=0), 'group_size'), (dict(seed=-1), 'seed'),
+                        (dict(log='yes'), 'log')):
+        with pytest.raises(ConfigError, match=prefix + key):
+            SparsityAwareAdaptationHook(**kwargs)
+    runner = _fake_runner(_Detector(SparseSwinTransformer(**TINY)))
+    with pytest.raises(ConfigError, match=prefix + 'group_size 4 must divide every stage'):
+        SparsityAwareAdaptationHook(group_size=4).before_run(runner)
+    with pytest.raises(WindowRatioError, match=prefix + r'val_ratios: expected one list'):
+        SparsityAwareAdaptationHook(val_ratios=[[0.5]]).before_run(runner)
+
+
 class _Detector(nn.Module):
     def __init__(self, backbone):
         super().__init__()
@@ -426,23 +507,37 @@ def _ok(proc):
     return proc.stdout + proc.stderr
 
 
-@pytest.mark.parametrize('name,template,first,resume,metric', [
+# An exact resume needs a fixed seed (else every run draws its own); the configs' RNGStateHook
+# keeps torch's, numpy's and Python's random streams (DropPath, the RoI samplers, the flips).
+EXACT_RESUME = """
+randomness = dict(seed=0)
+"""
+
+
+@pytest.mark.parametrize('name,template,first,resume,metric,last', [
     ('mask-rcnn_sparsevit-swin-t_saa_voc-sample.py', TINY_DET, 'train_cfg.max_epochs=1',
-     'train_cfg.max_epochs=2', 'coco/bbox_mAP'),
+     'train_cfg.max_epochs=2', 'coco/bbox_mAP', 'epoch_2.pth'),
     ('upernet_sparsevit-swin-t_saa_voc-sample.py', TINY_SEG, 'train_cfg.max_iters=2',
-     'train_cfg.max_iters=4', 'mIoU'),
+     'train_cfg.max_iters=4', 'mIoU', 'iter_4.pth'),
 ])
 def test_voc_sample_saa_configs_train_checkpoint_resume(name, template, first, resume, metric,
-                                                        tmp_path, data_root):
+                                                        last, tmp_path, data_root):
     cfg = tmp_path / name
-    cfg.write_text(template.format(base=VOC / name))
-    work = tmp_path / 'work'
-    out = _ok(run_tool('tools/train.py', cfg, '--work-dir', work, '--cfg-options', first))
+    cfg.write_text(template.format(base=VOC / name) + EXACT_RESUME)
+    full, cut = tmp_path / 'full', tmp_path / 'cut'
+    out = _ok(run_tool('tools/train.py', cfg, '--work-dir', cut, '--cfg-options', first))
     assert 'window_ratio:' in out and metric in out
-    out = _ok(run_tool('tools/train.py', cfg, '--work-dir', work, '--resume', '--cfg-options',
+    out = _ok(run_tool('tools/train.py', cfg, '--work-dir', cut, '--resume', '--cfg-options',
                        resume))
     assert 'resumed' in out and 'window_ratio:' in out
-    assert (work / ('epoch_2.pth' if 'mask-rcnn' in name else 'iter_4.pth')).is_file()
+    assert (cut / last).is_file()
+    # the same run without the interruption: the same weights
+    _ok(run_tool('tools/train.py', cfg, '--work-dir', full, '--cfg-options', resume))
+    want = load_checkpoint_file(str(full / last))['state_dict']
+    got = load_checkpoint_file(str(cut / last))['state_dict']
+    assert got.keys() == want.keys()
+    for k in want:
+        torch.testing.assert_close(got[k], want[k], rtol=0, atol=1e-6, msg=k)
 
 
 def test_cfg3_config_latency_flops_and_picture(tmp_path, data_root):

@@ -1,13 +1,14 @@
 """SparseViT window ops against hand-computed cases: partition / reverse with padding and shift,
-the SW-MSA mask, window scores, keep counts, top-k, gather / scatter."""
+the SW-MSA mask, window scores, keep counts, top-k, gather / scatter, window-ratio grouping."""
 import pytest
 import torch
 
-from mmsparse.ops.windows import (from_windows, gather_windows, kept_token_positions,
-                                  num_kept_windows, pad_to_window_multiple, scatter_windows,
-                                  shifted_window_attn_mask, to_windows, token_activation,
-                                  topk_windows, window_partition, window_reverse, window_scores,
-                                  window_token_index)
+from mmsparse.ops.windows import (RATIO_GROUP_SIZE, expand_group_ratios, from_windows,
+                                  gather_windows, is_non_decreasing, kept_token_positions,
+                                  num_kept_windows, num_ratio_groups, pad_to_window_multiple,
+                                  per_block_ratios, scatter_windows, shifted_window_attn_mask,
+                                  to_windows, token_activation, topk_windows, window_partition,
+                                  window_reverse, window_scores, window_token_index)
 
 
 def grid(h, w, start=0):
@@ -167,3 +168,35 @@ def test_gather_scatter_round_trip_and_gradients():
     for b in range(2):
         kept[b, index[idx[b]][valid[idx[b]]]] = True
     assert torch.equal(x.grad[..., 0], torch.where(kept, 2.0, 1.0))
+
+
+# ------------------------------------------------------------------ window-ratio grouping
+def test_ratio_groups_are_w_msa_sw_msa_pairs():
+    assert RATIO_GROUP_SIZE == 2
+    assert [num_ratio_groups(d) for d in (2, 2, 6, 2)] == [1, 1, 3, 1]
+    assert num_ratio_groups(6, 3) == 2 and num_ratio_groups(5, 1) == 5
+    for depth, size in ((3, 2), (4, 3), (4, 0)):
+        with pytest.raises(ValueError, match='does not divide'):
+            num_ratio_groups(depth, size)
+
+
+def test_expand_group_ratios_repeats_each_group():
+    assert expand_group_ratios([0.2, 0.4, 0.5]) == [0.2, 0.2, 0.4, 0.4, 0.5, 0.5]
+    assert expand_group_ratios([0.1, 0.3], 3) == [0.1, 0.1, 0.1, 0.3, 0.3, 0.3]
+    out = expand_group_ratios([0, 1])
+    assert out == [0.0, 0.0, 1.0, 1.0] and all(type(r) is float for r in out)
+
+
+def test_per_block_ratios_takes_one_per_block_or_one_per_pair():
+    assert per_block_ratios([0.5, 0.75], 2) == [0.5, 0.75]  # one per block: pairs may differ
+    assert per_block_ratios([0.5], 2) == [0.5, 0.5]
+    assert per_block_ratios([0.2, 0.4, 0.5], 6) == [0.2, 0.2, 0.4, 0.4, 0.5, 0.5]
+    assert per_block_ratios([0.1, 0.2, 0.3], 3) == [0.1, 0.2, 0.3]
+    assert per_block_ratios([0.1], 3) is None  # an odd stage has no pairs
+    assert per_block_ratios([0.1, 0.2], 6) is None
+
+
+def test_is_non_decreasing():
+    assert is_non_decreasing([]) and is_non_decreasing([0.3])
+    assert is_non_decreasing([0.0, 0.2, 0.2, 0.5])
+    assert not is_non_decreasing([0.2, 0.1])

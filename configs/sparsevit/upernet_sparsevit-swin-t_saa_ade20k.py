@@ -6,4 +6,6 @@ _base_ = ['./upernet_sparsevit-swin-t_ade20k.py']
 custom_hooks = [
     dict(type='mmsparse.SparsityAwareAdaptationHook',
          candidates=[0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8], group_size=2),
+    # the random streams (DropPath, RoI samplers, flips) in checkpoints: exact resume
+    dict(type='mmsparse.RNGStateHook'),
 ]

@@ -15,8 +15,11 @@ attention + FFN on the kept windows only and writes them back; the other windows
 Instead of partitioning the whole map, :func:`window_token_index` maps every window token to its
 position in the flat (H * W) map once, so :func:`gather_windows` / :func:`scatter_windows` touch
 only the kept tokens (plus one out-of-place copy of the map for the scatter).
+
+Window ratios are grouped by one rule, read by the backbone (validation of configured ratios),
+the sparsity-aware adaptation (SAA draws) and the search (genes): see :func:`num_ratio_groups`.
 """
-from typing import Optional, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -26,7 +29,8 @@ __all__ = [
     'pad_to_window_multiple', 'window_partition', 'window_reverse', 'to_windows', 'from_windows',
     'shifted_window_attn_mask', 'token_activation', 'window_scores', 'num_kept_windows',
     'topk_windows', 'window_token_index', 'kept_token_positions', 'window_valid_mask',
-    'gather_tokens', 'scatter_tokens', 'gather_windows', 'scatter_windows'
+    'gather_tokens', 'scatter_tokens', 'gather_windows', 'scatter_windows', 'RATIO_GROUP_SIZE',
+    'num_ratio_groups', 'expand_group_ratios', 'per_block_ratios', 'is_non_decreasing'
 ]
 
 
@@ -253,3 +257,55 @@ def scatter_windows(x: Tensor, windows: Tensor, token_index: Tensor, window_idx:
     """
     positions = kept_token_positions(token_index, window_idx, x.shape[1])
     return scatter_tokens(x, windows, positions, window_valid_mask(valid, window_idx))
+
+
+# ------------------------------------------------------------------ window-ratio grouping
+# SparseViT's rule, in one place. A stage's blocks fall into groups of ``group_size`` consecutive
+# blocks (2: a W-MSA block and the SW-MSA block after it) that share one ratio; ratios never
+# decrease within a stage, because a later block of a layout keeps a prefix of the windows an
+# earlier block of that layout kept (:func:`topk_windows`). The SAA hook draws one sorted ratio
+# per group, the search has one gene per group in a sorted group of genes, and a configured
+# stage may give one ratio per group or one per block.
+RATIO_GROUP_SIZE = 2
+
+
+def num_ratio_groups(depth: int, group_size: int = RATIO_GROUP_SIZE) -> int:
+    """Ratio groups in a stage of ``depth`` blocks: ``depth // group_size``.
+
+    Raises:
+        ValueError: ``group_size`` is not a positive divisor of ``depth``.
+    """
+    if group_size < 1 or depth % group_size:
+        raise ValueError(f'group size {group_size} does not divide stage depth {depth}')
+    return depth // group_size
+
+
+def expand_group_ratios(group_ratios: Sequence[float],
+                        group_size: int = RATIO_GROUP_SIZE) -> List[float]:
+    """One ratio per group -> one ratio per block (each repeated ``group_size`` times)."""
+    return [float(r) for r in group_ratios for _ in range(group_size)]
+
+
+def per_block_ratios(ratios: Sequence[float], depth: int,
+                     group_size: int = RATIO_GROUP_SIZE) -> Optional[List[float]]:
+    """A stage's configured ratios as one ratio per block.
+
+    Args:
+        ratios: one ratio per block (``depth`` values), or one per group (``depth //
+            group_size`` values, ``group_size`` dividing ``depth``).
+        depth: blocks in the stage.
+        group_size: blocks sharing one ratio.
+
+    Returns:
+        ``depth`` floats, or ``None`` when ``len(ratios)`` fits neither form.
+    """
+    if len(ratios) == depth:
+        return [float(r) for r in ratios]
+    if depth % group_size == 0 and len(ratios) == depth // group_size:
+        return expand_group_ratios(ratios, group_size)
+    return None
+
+
+def is_non_decreasing(ratios: Sequence[float]) -> bool:
+    """True when no ratio is smaller than the one before it (the order within a stage)."""
+    return all(b >= a for a, b in zip(ratios, ratios[1:]))

@@ -1,4 +1,4 @@
-"""Search spaces: how a genome of choice indices becomes a backbone setting (pure, no mm* import).
+"""Search spaces: how a genome of choice indices becomes a backbone setting (pure, no mmengine).
 
 A space is chosen by the backbone's class (:func:`space_for_backbone`, a small registry):
 
@@ -13,10 +13,11 @@ A space is chosen by the backbone's class (:func:`space_for_backbone`, a small r
 
 Choice 0 is the least sparse setting, which the latency table uses as its base.
 """
-import numbers
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
+from mmsparse.ops.windows import RATIO_GROUP_SIZE, expand_group_ratios, num_ratio_groups
+from mmsparse.validation import Keys
 from .evolution import Genome, GenomeSpace, SearchSettingsError
 
 __all__ = ['SearchSpace', 'window_ratio_space', 'keep_ratio_space', 'SEARCH_SPACES',
@@ -24,6 +25,8 @@ __all__ = ['SearchSpace', 'window_ratio_space', 'keep_ratio_space', 'SEARCH_SPAC
 
 # keep ratios (of the original patch tokens) a DynamicViT stage may take
 DEFAULT_KEEP_CANDIDATES = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3)
+
+SEARCH_KEYS = Keys('search_cfg', SearchSettingsError)
 
 
 @dataclass(frozen=True)
@@ -58,25 +61,24 @@ class SearchSpace:
 
 def _check_candidates(candidates: Any, key: str, low: float, high: float,
                       closed_low: bool) -> List[float]:
-    if isinstance(candidates, (str, bytes)) or not isinstance(candidates, Sequence) \
-            or len(candidates) == 0:
-        raise SearchSettingsError(f'{key}: expected a non-empty list of numbers, got '
-                                  f'{candidates!r}')
-    rng = f"{'[' if closed_low else '('}{low:g}, {high:g}{')' if closed_low else ']'}"
-    for c in candidates:
-        ok = isinstance(c, numbers.Real) and not isinstance(c, bool) and (
-            (low <= c < high) if closed_low else (low < c <= high))
-        if not ok:
-            raise SearchSettingsError(f'{key}: {c!r} is not in {rng}')
+    """Candidates in ``[low, high)`` (``closed_low``) or ``(low, high]``, no duplicates."""
+    prefix, _, name = key.rpartition('.')
+    keys = Keys(prefix, SearchSettingsError)
+    keys.numbers(name, candidates, low, high, low_open=not closed_low, high_open=closed_low)
     values = [float(c) for c in candidates]
-    if len(set(values)) != len(values):
-        raise SearchSettingsError(f'{key}: duplicate values in {list(candidates)}')
+    keys.require(name, len(set(values)) == len(values),
+                 f'has duplicate values: {list(candidates)}')
     return values
 
 
 def window_ratio_space(depths: Sequence[int], candidates: Sequence[float],
-                       group_size: int = 2, key: str = 'search_cfg.candidates') -> SearchSpace:
+                       group_size: int = RATIO_GROUP_SIZE,
+                       key: str = 'search_cfg.candidates') -> SearchSpace:
     """SparseViT's space: per stage, one sorted ratio per group of ``group_size`` blocks.
+
+    The grouping is :func:`mmsparse.ops.windows.num_ratio_groups` /
+    :func:`~mmsparse.ops.windows.expand_group_ratios`, the rule of the backbone and the SAA hook;
+    the genes of a stage form one sorted group, so its ratios never decrease.
 
     Args:
         depths: blocks per stage (Swin-T: 2, 2, 6, 2), each a multiple of ``group_size``.
@@ -85,12 +87,11 @@ def window_ratio_space(depths: Sequence[int], candidates: Sequence[float],
         key: the config key named in errors.
     """
     cands = tuple(sorted(_check_candidates(candidates, key, 0.0, 1.0, True)))
-    if any(d % group_size for d in depths):
-        raise SearchSettingsError(f'search_cfg.group_size {group_size} must divide every stage '
-                                  f'depth {tuple(depths)}')
+    SEARCH_KEYS.require('group_size', all(d % group_size == 0 for d in depths),
+                        f'{group_size} must divide every stage depth {tuple(depths)}')
     names, groups, stage_genes = [], [], []
     for s, depth in enumerate(depths):
-        genes = list(range(len(names), len(names) + depth // group_size))
+        genes = list(range(len(names), len(names) + num_ratio_groups(depth, group_size)))
         names += [f'stage{s}' if len(genes) == 1 else f'stage{s}_{i + 1}'
                   for i in range(len(genes))]
         stage_genes.append(genes)
@@ -98,7 +99,7 @@ def window_ratio_space(depths: Sequence[int], candidates: Sequence[float],
             groups.append(tuple(genes))
 
     def decode(genome: Genome) -> List[List[float]]:
-        return [[cands[genome[g]] for g in genes for _ in range(group_size)]
+        return [expand_group_ratios([cands[genome[g]] for g in genes], group_size)
                 for genes in stage_genes]
 
     space = GenomeSpace(choices=tuple([len(cands)] * len(names)), groups=tuple(groups))
@@ -126,9 +127,8 @@ def keep_ratio_space(num_stages: int, candidates: Sequence[float],
 
 
 def _window_space_of(backbone: Any, candidates: Optional[Sequence[float]],
-                     group_size: int = 2) -> SearchSpace:
-    if candidates is None:
-        raise SearchSettingsError('search_cfg.candidates: no window ratios given')
+                     group_size: int = RATIO_GROUP_SIZE) -> SearchSpace:
+    SEARCH_KEYS.require('candidates', candidates is not None, 'must be given (no window ratios)')
     return window_ratio_space(backbone.depths, candidates, group_size)
 
 
@@ -162,6 +162,7 @@ def space_for_backbone(backbone: Any, candidates: Optional[Sequence[float]] = No
             builder = SEARCH_SPACES[cls.__name__]
             return builder(backbone, candidates) if group_size is None else \
                 builder(backbone, candidates, group_size)
-    raise SearchSettingsError(f'model.backbone.type: {type(backbone).__name__} has nothing to '
-                              f'search; supported: {", ".join(sorted(SEARCH_SPACES))} '
-                              f"(e.g. type='mmsparse.SparseSwinTransformer')")
+    Keys('model.backbone', SearchSettingsError).fail(
+        'type:', f'{type(backbone).__name__} has nothing to search; supported: '
+        f'{", ".join(sorted(SEARCH_SPACES))} '
+        f"(e.g. type='mmsparse.SparseSwinTransformer')")
