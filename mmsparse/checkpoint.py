@@ -1,10 +1,13 @@
 """How MMEngine loads checkpoints once mmsparse is imported: weights-only, from anywhere.
 
 This is the one place where mmsparse registers checkpoint loaders (through MMEngine's own
-``CheckpointLoader.register_scheme``); :func:`register_checkpoint_loaders` is called once, by
-``import mmsparse``. What it changes, and only for loads that go through MMEngine's
-``CheckpointLoader`` (``load_from``, ``--resume``, ``init_cfg=dict(type='Pretrained')``,
-``tools/test.py CHECKPOINT``, ``mmengine.runner.load_checkpoint``):
+``CheckpointLoader.register_scheme``): :func:`register_checkpoint_loaders`, called by
+``import mmsparse`` (so that a config naming mmsparse only in ``custom_imports`` loads its
+checkpoints through these loaders under any Runner: ``mmsparse/__init__.py`` says why) and again,
+explicitly, by the tools' :func:`mmsparse.utils.setup_scope`; it is idempotent. What it
+changes, and only for loads that go through MMEngine's ``CheckpointLoader`` (``load_from``,
+``--resume``, ``init_cfg=dict(type='Pretrained')``, ``tools/test.py CHECKPOINT``,
+``mmengine.runner.load_checkpoint``):
 
 - local files, ``http://`` / ``https://`` URLs and the model-zoo names that resolve to URLs
   (``torchvision://``, ``open-mmlab://``, ``openmmlab://``, ``mmcls://``) are read with a
@@ -133,6 +136,18 @@ def load_checkpoint_url(url: str, map_location=None, model_dir: Optional[str] = 
     return _torch_load(path, map_location, f'{url} (downloaded to {path})')
 
 
+# MMEngine logs "Loads checkpoint by <name[10:]> backend": the loaders are named load_from_*, and
+# live at module level so that registering again registers the very same functions.
+def load_from_local(filename: str, map_location=None) -> dict:
+    """A local file (MMEngine's ``''`` scheme): :func:`load_checkpoint_file`."""
+    return load_checkpoint_file(filename, map_location)
+
+
+def load_from_http(filename: str, map_location=None) -> dict:
+    """``http://`` / ``https://``: :func:`load_checkpoint_url`."""
+    return load_checkpoint_url(filename, map_location)
+
+
 def load_from_zoo(filename: str, map_location=None) -> dict:
     """``torchvision://NAME``, ``open-mmlab://NAME``, ...: MMEngine's name -> URL tables."""
     from mmengine.runner import checkpoint as mmengine_ckpt
@@ -179,14 +194,6 @@ def register_checkpoint_loaders() -> bool:
     """
     if not hasattr(torch.serialization, 'safe_globals'):
         return False
-
-    # MMEngine logs "Loads checkpoint by <name[10:]> backend": the loaders are named load_from_*.
-    def load_from_local(filename, map_location=None):
-        return load_checkpoint_file(filename, map_location)
-
-    def load_from_http(filename, map_location=None):
-        return load_checkpoint_url(filename, map_location)
-
     _register('', load_from_local, 'load_from_local')
     _register(('http://', 'https://'), load_from_http, 'load_from_http')
     _register(('torchvision://', 'modelzoo://'), load_from_zoo, 'load_from_torchvision')

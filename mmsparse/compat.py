@@ -9,7 +9,9 @@
    initialises the process group before the Runner does (the Runner then skips its own
    ``init_dist``).
 3. Warnings. mmengine and mmcv import ``pkg_resources`` (setuptools < 81 is pinned for mmcv's
-   build), which warns on every command; :func:`quiet_pinned_stack_warnings` drops that one message.
+   build), which warns on every command; :func:`quiet_pinned_stack_warnings` drops that one message
+   (and mmpretrain's MNIST one). The tools call it (:func:`mmsparse.utils.run_cli`); importing
+   mmsparse does not, so a library user's warning settings stay theirs.
 4. DDP on CPU. The Runner wraps the model with ``device_ids=[LOCAL_RANK]``, which DDP refuses for
    a CPU module; :func:`ddp_wrapper_cfg` gives it ``device_ids=None`` there.
 """

@@ -6,7 +6,7 @@ import torch
 from mmengine.dist import get_rank
 from mmengine.hooks import Hook
 
-from mmsparse.engine.utils import unwrap_model
+from mmsparse.models.utils import unwrap_model
 from mmsparse.registry import HOOKS
 
 

@@ -198,3 +198,18 @@ def test_tools_report_bad_checkpoints_in_one_line(tmp_path, data_root):
             (('tools/test.py', DEMO_CONFIG, url, '--work-dir', tmp_path / 'w'),
              f'cannot download checkpoint {url}')]:
         one_error_line(run_tool(*args), needle)
+
+
+def test_tools_register_the_loaders_explicitly_and_idempotently(monkeypatch):
+    """setup_scope (every tool's path to a model or Runner) registers the loaders itself, and
+    registering twice changes nothing."""
+    from mmengine.config import Config
+
+    from mmsparse.utils import setup_scope
+    monkeypatch.setattr(CheckpointLoader, '_schemes', {'': mmengine_ckpt.load_from_local})
+    setup_scope(Config(dict()))
+    first = dict(CheckpointLoader._schemes)
+    assert first[''].__module__ == 'mmsparse.checkpoint'
+    assert first['sparse://'].__module__ == 'mmsparse.checkpoint'
+    assert register_checkpoint_loaders()
+    assert CheckpointLoader._schemes == first

@@ -67,3 +67,24 @@ def test_bridge_slurm_env_from_srun(monkeypatch, tmp_path):
     del os.environ['SLURM_PROCID']
     with pytest.raises(LaunchError, match='srun'):
         bridge_slurm_env()
+
+
+def test_import_installs_no_warning_filters_and_the_tools_do():
+    """`import mmsparse` leaves warning filters alone (its one side effect is the checkpoint
+    loaders); the tools' entry point run_cli drops the pinned stack's noise."""
+    import subprocess
+    import sys
+    code = ('import warnings\n'
+            'import mmsparse\n'
+            'from mmengine.runner import CheckpointLoader\n'
+            "ours = [f for f in warnings.filters if f[1] is not None and any(\n"
+            "    m in f[1].pattern for m in ('pkg_resources', 'NumPy array is not writable'))]\n"
+            'assert not ours, ours\n'
+            "assert CheckpointLoader._schemes['sparse://'].__module__ == 'mmsparse.checkpoint'\n"
+            'from mmsparse.utils import run_cli\n'
+            'def main():\n'
+            "    assert any('pkg_resources' in str(f[1]) for f in warnings.filters)\n"
+            'run_cli(main)\n')
+    proc = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]

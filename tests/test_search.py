@@ -2,15 +2,23 @@
 from a truncated log, the latency table, and tools/search.py end to end (one process and 2 ranks
 under torchpack)."""
 import json
+import os
 import re
+import shlex
 import shutil
+import socket
+import subprocess
+import sys
+import time
 from itertools import product
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from mmsparse.search import (EvaluationBudgetReached, EvolutionSearch, GenomeSpace,
-                             NoFeasibleCandidateError, SearchLogWriter, SearchSettings,
+                             NoFeasibleCandidateError, SearchLogLock, SearchLogWriter,
+                             SearchSettings,
                              SearchSettingsError, build_latency_table, candidate_key,
                              keep_ratio_space, prediction_errors, probe_genomes, rank_candidates,
                              read_log, space_for_backbone, window_ratio_space)
@@ -390,5 +398,118 @@ def test_sparsevit_search_on_voc_sample(tmp_path, data_root):
     from mmengine.config import Config
     cfg = Config.fromfile(str(next(tmp_path.glob('search_best_*.py'))))
     assert cfg.model.backbone.window_ratios == rep['best']['config']
-    assert cfg.custom_hooks == []  # SAA's random ratios are off for fine-tuning
+    # SAA's random ratios are off for fine-tuning; the exact-resume hook stays
+    assert [h['type'] for h in cfg.custom_hooks] == ['mmsparse.RNGStateHook']
     assert 'candidates [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8]' in proc.stdout + proc.stderr
+
+
+# ------------------------------------------------------------------ one writer per log
+def test_log_lock_is_exclusive_and_released(tmp_path):
+    log = str(tmp_path / 'w' / 'search_max1_min0.jsonl')
+    a, b = SearchLogLock(log), SearchLogLock(log)
+    assert a.acquire() is None and a.acquire() is None  # taken; taking it again is a no-op
+    assert open(f'{log}.lock').read().strip() == str(os.getpid())
+    held = b.acquire()  # flock is per open file: a second lock in this process is refused too
+    assert held.startswith(f'another search is running on {log} (pid {os.getpid()}')
+    a.release()
+    assert b.acquire() is None
+    b.release()
+
+
+def test_a_second_search_on_a_locked_log_refuses_in_one_line(tmp_path, data_root):
+    log = tmp_path / 'search_max1000_min0.jsonl'
+    lock = SearchLogLock(str(log))
+    assert lock.acquire() is None  # as a running search holds it
+    try:
+        proc = run_search(DYNAMICVIT, 'none', '--max-latency', 1000, '--work-dir', tmp_path,
+                          *FAST)
+    finally:
+        lock.release()
+    _one_error_line(proc, f'another search is running on {log}', f'(pid {os.getpid()}',
+                    '--work-dir')
+    assert not log.exists()  # nothing written
+
+
+# A launcher that starts its rank through a shell that outlives it, as torchpack's silentrun
+# (`sh -c 'python ... 2>&1'`) does under mpirun.
+LAUNCHER = 'import subprocess, sys\nsubprocess.Popen(["/bin/sh", "-c", sys.argv[1]]).wait()\n'
+
+
+def _running(pid: int) -> bool:
+    try:
+        with open(f'/proc/{pid}/stat') as f:
+            return f.read().rsplit(')', 1)[1].split()[0] != 'Z'
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not os.path.isdir('/proc/self'), reason='reads the process table in /proc')
+def test_a_rank_stops_when_its_launcher_is_killed(tmp_path, data_root):
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        port = s.getsockname()[1]
+    env = tool_env(OMP_NUM_THREADS='1', RANK='0', WORLD_SIZE='1', LOCAL_RANK='0',
+                   MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port))
+    slow = [a if a != '4' else '20' for a in FAST]  # 20 candidates a generation
+    rank_cmd = shlex.join([sys.executable, 'tools/search.py', str(DYNAMICVIT), 'none',
+                           '--max-latency', '1000', '--launcher', 'pytorch', '--work-dir',
+                           str(tmp_path), *map(str, slow)])
+    launcher = subprocess.Popen([sys.executable, '-c', LAUNCHER,
+                                 f'{rank_cmd} > {shlex.quote(str(tmp_path / "out.txt"))} 2>&1'],
+                                cwd=REPO, env=env)
+    log = tmp_path / 'search_max1000_min0.jsonl'
+    lock_file = Path(f'{log}.lock')
+    rank = None
+    try:
+        deadline = time.time() + 300
+        while not (log.is_file() and '"candidate"' in log.read_text()):
+            assert launcher.poll() is None, (tmp_path / 'out.txt').read_text()[-3000:]
+            assert time.time() < deadline, 'the search did not start'
+            time.sleep(0.2)
+        rank = int(lock_file.read_text())
+        assert _running(rank)
+        launcher.kill()
+        launcher.wait()
+        t0 = time.time()
+        while _running(rank) and time.time() - t0 < 10:
+            time.sleep(0.1)
+        assert not _running(rank), 'the rank outlived its launcher by 10 s'
+        assert 'its launcher (pid' in (tmp_path / 'out.txt').read_text()
+        lines = log.read_text()
+        time.sleep(1.5)
+        assert log.read_text() == lines  # nobody writes the log any more
+        lock = SearchLogLock(str(log))
+        assert lock.acquire() is None  # and a restart may take it
+        lock.release()
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+        if rank is not None and _running(rank):
+            os.kill(rank, 9)
+
+
+def test_search_run_is_a_library_call(tmp_path, data_root, monkeypatch):
+    """mmsparse.search.run does what tools/search.py does, from Python, and gives the lock back."""
+    from mmengine.config import Config
+
+    from mmsparse.search import SearchOutcome, run
+    monkeypatch.setenv('OMP_NUM_THREADS', '1')
+    out = run(str(DYNAMICVIT), 'none', max_latency=1000, batch_size=4, warmup=1, runs=3,
+              val_subset=64, population_size=4, parents=2, iterations=1,
+              latency_source='table', work_dir=str(tmp_path),
+              cfg_options={'test_dataloader.num_workers': 0,
+                           'test_dataloader.persistent_workers': False})
+    assert isinstance(out, SearchOutcome) and out.stopped is None
+    assert (out.rank, out.world_size, out.space, out.metric) == (0, 1, 'keep_ratios',
+                                                                 'accuracy/top1')
+    assert json.loads(open(out.report_path).read()) == json.loads(json.dumps(out.report))
+    assert out.report['best']['key'] == out.best.key and len(out.report['history']) == 2
+    cfg = Config.fromfile(out.config_path)
+    assert cfg.model.backbone.keep_ratios == out.best.config
+    assert open(out.config_path).readline().startswith('# Written by tools/search.py')
+    assert (tmp_path / 'latency_table.json').is_file()
+    lock = SearchLogLock(out.log_path)
+    assert lock.acquire() is None  # released when run returned
+    lock.release()
+    with pytest.raises(TypeError):
+        run(str(DYNAMICVIT), 'none', max_latency=1, no_such_option=1)

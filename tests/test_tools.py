@@ -270,4 +270,85 @@ def test_bad_config_values_are_one_clear_line(tmp_path, data_root):
     one_error_line(run_tool('tools/train.py', 'configs/svite/svite-vit-tiny-p4_density0.5_'
                              'fashion-mnist.py', '--work-dir', tmp_path, '--cfg-options',
                              'custom_hooks.0.layers=[nope]'),
-                    'custom_hooks.SparseTrainingHook.layers', "'nope' matches no parameter")
+                    'custom_hooks[SparseTrainingHook].layers', "'nope' matches no parameter")
+
+
+# ------------------------------------------------------------------ derived configs
+def test_write_derived_config_round_trips_through_mmengine(tmp_path):
+    from mmengine.config import Config
+
+    from mmsparse.utils import write_derived_config
+    base = Config.fromfile(str(DEMO_CONFIG))
+    hooks = [dict(type='EMAHook', momentum=0.25, priority=49)]
+    out = write_derived_config(
+        str(DEMO_CONFIG), str(tmp_path / 'sub' / 'derived.py'),
+        dict(model=dict(backbone=dict(drop_rate=0.125, out_indices=(-1, ))),
+             custom_hooks=hooks, load_from='/some/where/best.pth'),
+        header='written by a test\nsecond line')
+    text = (tmp_path / 'sub' / 'derived.py').read_text()
+    assert out == str(tmp_path / 'sub' / 'derived.py')
+    assert text.splitlines()[:3] == ['# written by a test', '# second line',
+                                     f'_base_ = [{str(DEMO_CONFIG.resolve())!r}]']
+    cfg = Config.fromfile(out)
+    # the updates, and everything else from the base (dicts merge key by key)
+    assert cfg.model.backbone.drop_rate == 0.125
+    assert tuple(cfg.model.backbone.out_indices) == (-1, )
+    assert cfg.model.backbone.arch == base.model.backbone.arch
+    assert cfg.model.head.to_dict() == base.model.head.to_dict()
+    assert [h.to_dict() for h in cfg.custom_hooks] == hooks
+    assert cfg.load_from == '/some/where/best.pth'
+    assert cfg.train_dataloader.to_dict() == base.train_dataloader.to_dict()
+
+
+def test_write_derived_config_delete_and_standalone(tmp_path):
+    from mmengine.config import Config
+
+    from mmsparse.utils import write_derived_config
+    new_bb = dict(type='mmsparse.CompactVisionTransformer', num_heads=[3, 2], mlp_dims=[7, 5])
+    cfg = Config.fromfile(write_derived_config(
+        str(DEMO_CONFIG), str(tmp_path / 'c.py'),
+        dict(model=dict(backbone=dict(_delete_=True, **new_bb)))))
+    assert cfg.model.backbone.to_dict() == new_bb  # _delete_: the base's backbone replaced
+    # no base: the updates are the whole config; ConfigDicts are written as plain dicts
+    alone = write_derived_config(None, str(tmp_path / 'alone.py'),
+                                 dict(model=Config(dict(type='X', depths=[2, 2])).to_dict(),
+                                      work_dir='w'))
+    assert Config.fromfile(alone).to_dict() == dict(model=dict(type='X', depths=[2, 2]),
+                                                    work_dir='w')
+    with pytest.raises(ValueError, match='not a Python literal'):
+        write_derived_config(None, str(tmp_path / 'bad.py'), dict(model=object()))
+    with pytest.raises(ValueError, match='top-level identifier'):
+        write_derived_config(None, str(tmp_path / 'bad.py'), {'model.backbone': 1})
+
+
+def test_config_dicts_are_recognised_by_class():
+    """A hook in custom_hooks is recognised by the class the Runner builds, however the config
+    names it (short name in the default scope, 'lib.Name', the class; subclasses count)."""
+    from mmengine.registry import HOOKS, DefaultScope
+
+    from mmsparse.engine.sparsevit_hooks import SparsityAwareAdaptationHook as SAA
+    from mmsparse.utils import config_class, is_config_of
+    assert config_class(dict(type='mmsparse.SparsityAwareAdaptationHook'), HOOKS) is SAA
+    assert is_config_of(dict(type='SparsityAwareAdaptationHook'), SAA)  # default: mmsparse
+
+    class MySAA(SAA):
+        pass
+
+    assert is_config_of(dict(type=MySAA), SAA) and not is_config_of(dict(type=SAA), MySAA)
+    assert not is_config_of(dict(type='mmsparse.UVCHook'), SAA)
+    assert not is_config_of(dict(type='NoSuchHook'), SAA) and not is_config_of({}, SAA)
+    with DefaultScope.overwrite_default_scope('mmengine'):  # as the Runner: not in that scope
+        assert not is_config_of(dict(type='SparsityAwareAdaptationHook'), SAA)
+        assert is_config_of(dict(type='SparsityAwareAdaptationHook', _scope_='mmsparse'), SAA)
+
+
+@pytest.mark.skipif(not os.path.isdir('/proc/self'), reason='reads the process table in /proc')
+def test_launcher_is_the_nearest_ancestor_that_is_not_a_shell():
+    """Under `sh -c '...; true'` (the shell forks and waits) the launcher is our process."""
+    import subprocess
+    import sys
+    code = 'from mmsparse.utils.launch import launcher_pid; print(launcher_pid()[0])'
+    proc = subprocess.run(['/bin/sh', '-c', f'{sys.executable} -c "{code}"; true'],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert int(proc.stdout.split()[-1]) == os.getpid()

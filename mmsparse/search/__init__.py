@@ -1,13 +1,15 @@
 """Latency-constrained evolutionary search (SparseViT's ``tools/search.py``), as a package.
 
 ``evolution``, ``spaces``, ``latency_table`` and ``log`` are pure (numpy / json only); ``host``
-(imported on demand) connects them to a config's Runner, latency measurement and ranks.
+(imported on demand) connects them to a config's Runner, latency measurement and ranks;
+:func:`run` (``run.py``) is the whole search of ``tools/search.py`` as one call.
 """
 from .evolution import (Candidate, EvaluationBudgetReached, EvolutionSearch, Genome, GenomeSpace,
                         NoFeasibleCandidateError, SearchResult, SearchSettings,
                         SearchSettingsError, candidate_key, canonical_json, rank_candidates)
 from .latency_table import LatencyTable, build_latency_table, prediction_errors, probe_genomes
-from .log import SearchLogWriter, header_mismatch, read_log
+from .log import SearchLogLock, SearchLogWriter, header_mismatch, read_log
+from .run import SearchOptions, SearchOutcome, run
 from .spaces import (DEFAULT_KEEP_CANDIDATES, SEARCH_SPACES, SearchSpace, keep_ratio_space,
                      register_space, space_for_backbone, window_ratio_space)
 
@@ -17,4 +19,4 @@ __all__ = ['Candidate', 'EvaluationBudgetReached', 'EvolutionSearch', 'Genome', 
            'build_latency_table', 'prediction_errors', 'probe_genomes', 'SearchLogWriter',
            'header_mismatch', 'read_log', 'DEFAULT_KEEP_CANDIDATES', 'SEARCH_SPACES',
            'SearchSpace', 'keep_ratio_space', 'register_space', 'space_for_backbone',
-           'window_ratio_space']
+           'window_ratio_space', 'SearchLogLock', 'SearchOptions', 'SearchOutcome', 'run']

@@ -30,6 +30,9 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
+from mmsparse.errors import ConfigError
+from mmsparse.validation import Keys
+
 __all__ = ['Genome', 'GenomeSpace', 'SearchSettings', 'SearchSettingsError', 'Candidate',
            'SearchResult', 'EvolutionSearch', 'NoFeasibleCandidateError',
            'EvaluationBudgetReached', 'candidate_key', 'canonical_json', 'rank_candidates']
@@ -37,8 +40,9 @@ __all__ = ['Genome', 'GenomeSpace', 'SearchSettings', 'SearchSettingsError', 'Ca
 Genome = Tuple[int, ...]
 
 
-class SearchSettingsError(ValueError):
-    """A bad ``search_cfg`` value; the message names the key and the allowed range."""
+class SearchSettingsError(ConfigError):
+    """A bad ``search_cfg`` value; the message names the full key and the allowed range (a
+    :class:`~mmsparse.errors.ConfigError`: one ``error:`` line in the tools)."""
 
 
 class NoFeasibleCandidateError(RuntimeError):
@@ -158,34 +162,21 @@ class SearchSettings:
             raise SearchSettingsError(f'{key}.{unknown[0]}: unknown search setting; known: '
                                       f'{", ".join(sorted(names | set(ignore)))}')
         values = {k: v for k, v in cfg.items() if k in names and v is not None}
-
-        def integer(name: str, low: int) -> None:
+        keys = Keys(key, SearchSettingsError)
+        for name, low in (('population_size', 1), ('parents', 1), ('iterations', 0), ('seed', 0),
+                          ('max_random_trials', 1), ('max_trials_per_iteration', 1)):
             if name in values:
                 v = values[name]
-                if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < low:
-                    raise SearchSettingsError(f'{key}.{name} must be an int >= {low}, got {v!r}')
+                ok = isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= low
+                keys.require(name, ok, f'must be an int >= {low}, got {v!r}')
                 values[name] = int(v)
-
-        def fraction(name: str) -> None:
+        for name in ('mutation_prob', 'mutation_share'):
             if name in values:
-                v = values[name]
-                if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 1:
-                    raise SearchSettingsError(f'{key}.{name} must be a number in [0, 1], '
-                                              f'got {v!r}')
-                values[name] = float(v)
-
-        integer('population_size', 1)
-        integer('parents', 1)
-        integer('iterations', 0)
-        integer('seed', 0)
-        integer('max_random_trials', 1)
-        integer('max_trials_per_iteration', 1)
-        fraction('mutation_prob')
-        fraction('mutation_share')
+                values[name] = float(keys.number(name, values[name], 0, 1))
         out = cls(**values)
-        if out.parents > out.population_size:
-            raise SearchSettingsError(f'{key}.parents ({out.parents}) must not exceed '
-                                      f'{key}.population_size ({out.population_size})')
+        keys.require('parents', out.parents <= out.population_size,
+                     f'({out.parents}) must not exceed {keys.key("population_size")} '
+                     f'({out.population_size})')
         return out
 
     @property

@@ -23,19 +23,17 @@ import torch
 from mmengine.config import Config
 from mmengine.dist import all_gather_object, broadcast_object_list, get_dist_info
 
-from mmsparse.engine.utils import unwrap_model
+from mmsparse.models.utils import unwrap_model
 from mmsparse.utils.cli import UserError
 from .evolution import Candidate, Genome
 from .latency_table import LatencyTable, build_latency_table, probe_genomes
-from .log import SearchLogWriter, header_mismatch, read_log
+from .log import SearchLogLock, SearchLogWriter, header_mismatch, read_log
 from .spaces import SearchSpace
 
-__all__ = ['SAA_HOOK', 'DEFAULT_METRICS', 'window_defaults', 'choose_split', 'prepare_eval_config',
+__all__ = ['DEFAULT_METRICS', 'window_defaults', 'choose_split', 'prepare_eval_config',
            'default_metric', 'agree', 'median_over_ranks', 'unwrap_model', 'type_name',
-           'CandidateRunner', 'load_or_measure_table', 'open_search_log',
-           'finetune_config_text']
-
-SAA_HOOK = 'SparsityAwareAdaptationHook'
+           'is_saa_hook',
+           'CandidateRunner', 'load_or_measure_table', 'open_search_log', 'finetune_updates']
 
 # the metric a search maximises, by evaluator type (else: the first key the evaluator returns)
 DEFAULT_METRICS = {'CocoMetric': 'coco/bbox_mAP', 'IoUMetric': 'mIoU', 'Accuracy': 'accuracy/top1',
@@ -43,16 +41,29 @@ DEFAULT_METRICS = {'CocoMetric': 'coco/bbox_mAP', 'IoUMetric': 'mIoU', 'Accuracy
 
 
 def type_name(d: Any) -> str:
-    """The class name a config dict's ``type`` names ('mmsparse.X' -> 'X')."""
+    """The class name a config dict's ``type`` names ('mmsparse.X' -> 'X').
+
+    For evaluator metrics of other libraries (``CocoMetric``, ``IoUMetric`` ...), which the
+    search must recognise without importing mmdet / mmseg; mmsparse's own hooks are recognised
+    by class (:func:`is_saa_hook`).
+    """
     t = d.get('type', '') if isinstance(d, dict) else ''
     return t.split('.')[-1] if isinstance(t, str) else getattr(t, '__name__', '')
+
+
+def is_saa_hook(hook_cfg: Any) -> bool:
+    """Whether a ``custom_hooks`` entry builds a :class:`SparsityAwareAdaptationHook` (by class,
+    as the Runner resolves its ``type``; a subclass counts)."""
+    from mmsparse.engine.sparsevit_hooks import SparsityAwareAdaptationHook
+    from mmsparse.utils.config import is_config_of
+    return is_config_of(hook_cfg, SparsityAwareAdaptationHook)
 
 
 def window_defaults(cfg: Config) -> Tuple[Tuple[float, ...], int]:
     """Candidate window ratios and group size: the config's SAA hook's, else the hook defaults."""
     from mmsparse.engine.sparsevit_hooks import DEFAULT_CANDIDATES
     for hook in cfg.get('custom_hooks') or []:
-        if type_name(hook) == SAA_HOOK:
+        if is_saa_hook(hook):
             return (tuple(hook.get('candidates', DEFAULT_CANDIDATES)),
                     int(hook.get('group_size', 2)))
     return tuple(DEFAULT_CANDIDATES), 2
@@ -121,6 +132,7 @@ def _coco_on_dataset_only(evaluator: Any, dataset: Any) -> None:
     its image ids from ``img_ids`` when they are set.
     """
     for metric in getattr(evaluator, 'metrics', []):
+        # by name: importing mmdet to check the class would burden every other search
         if type(metric).__name__ == 'CocoMetric' and getattr(metric, 'img_ids', 0) is None:
             metric.img_ids = [dataset.get_data_info(i)['img_id'] for i in range(len(dataset))]
 
@@ -248,8 +260,10 @@ def load_or_measure_table(path: str, meta: Dict[str, Any], measure: Callable[[],
     table = measure()
     if rank == 0:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        with open(path, 'w') as f:
+        tmp = f'{path}.{os.getpid()}.tmp'  # a search killed mid-write leaves no partial table
+        with open(tmp, 'w') as f:
             json.dump(dict(meta=meta, table=table.to_dict()), f, indent=1)
+        os.replace(tmp, path)
     return table
 
 
@@ -262,50 +276,64 @@ def open_search_log(path: str, header: Dict[str, Any], log: Callable[[str], None
         header: what the results depend on; a log written for another header is refused.
         log: where to say that the search resumes.
 
+    Rank 0 first takes the log's lock (:class:`~mmsparse.search.log.SearchLogLock`), which the
+    writer holds until :meth:`~mmsparse.search.log.SearchLogWriter.close`.
+
     Returns:
         ``(cache, writer)``: key -> logged candidate, and the log writer (rank 0; else None).
 
     Raises:
-        UserError: the log belongs to another search.
+        UserError: the log belongs to another search, or another search holds its lock.
     """
     rank, _ = get_dist_info()
-    state = None
+    state, lock = None, None
     if rank == 0:
-        old, cands, dropped = read_log(path)
-        key = header_mismatch(old, header) if old is not None else None
-        error = None if key is None else (
-            f'{path} was written with a different {key!r} ({old.get(key)!r}, now '
-            f'{header.get(key)!r}); use another --work-dir or delete the log')
-        state = dict(error=error, cands=[c.to_dict() for c in cands], dropped=dropped,
-                     has_header=old is not None)
+        lock = SearchLogLock(path)
+        state = dict(error=lock.acquire())
+        if state['error'] is None:
+            state = _read_for_resume(path, header)
     state = agree(state)
     if state['error']:
+        if lock is not None:
+            lock.release()
         raise UserError(state['error'])
     cache = {c['key']: Candidate.from_dict(c) for c in state['cands']}
     if cache:
         log(f'resuming: {len(cache)} candidates read from {path}'
             + (f' ({state["dropped"]} partial line dropped)' if state['dropped'] else ''))
-    writer = SearchLogWriter(path) if rank == 0 else None
+    writer = SearchLogWriter(path, lock) if rank == 0 else None
     if writer is not None and not state['has_header']:
         writer.header(header)
     return cache, writer
 
 
-def finetune_config_text(cfg: Config, config_path: str, name: str, value: Any,
-                         checkpoint: Optional[str], comment: str) -> str:
-    """A config inheriting ``config_path`` with ``model.backbone.<name> = value``.
+def _read_for_resume(path: str, header: Dict[str, Any]) -> Dict[str, Any]:
+    """What rank 0 read from the log, to share: an error, the candidates, the partial lines."""
+    old, cands, dropped = read_log(path)
+    key = header_mismatch(old, header) if old is not None else None
+    error = None if key is None else (
+        f'{path} was written with a different {key!r} ({old.get(key)!r}, now '
+        f'{header.get(key)!r}); use another --work-dir or delete the log')
+    return dict(error=error, cands=[c.to_dict() for c in cands], dropped=dropped,
+                has_header=old is not None)
 
-    Random-ratio training (the SAA hook) is removed, and ``load_from`` is the searched checkpoint.
+
+def finetune_updates(cfg: Config, name: str, value: Any, checkpoint: Optional[str]
+                     ) -> Tuple[Dict[str, Any], str]:
+    """What a fine-tuning config changes in the searched one: ``model.backbone.<name> = value``,
+    random-ratio training (the SAA hook) removed, ``load_from`` the searched checkpoint.
+
+    Returns:
+        ``(updates for write_derived_config, a note for its header)``.
     """
-    import pprint
-    lines = [f'# {line}' for line in comment.splitlines()]
-    lines += [f'_base_ = [{config_path!r}]', '', f'model = dict(backbone=dict({name}={value!r}))']
+    updates: Dict[str, Any] = dict(model=dict(backbone={name: value}))
+    note = ''
     hooks = list(cfg.get('custom_hooks') or [])
-    if any(type_name(h) == SAA_HOOK for h in hooks):
-        kept = [h.to_dict() if hasattr(h, 'to_dict') else dict(h) for h in hooks
-                if type_name(h) != SAA_HOOK]
-        lines += ['# fine-tuning keeps the searched ratios fixed: no SparsityAwareAdaptationHook',
-                  f'custom_hooks = {pprint.pformat(kept, width=96, sort_dicts=False)}']
+    if any(is_saa_hook(h) for h in hooks):
+        updates['custom_hooks'] = [h.to_dict() if hasattr(h, 'to_dict') else dict(h)
+                                   for h in hooks if not is_saa_hook(h)]
+        note = ('\nFine-tuning keeps the searched ratios fixed: no SparsityAwareAdaptationHook '
+                'in custom_hooks.')
     if checkpoint:
-        lines.append(f'load_from = {checkpoint!r}')
-    return '\n'.join(lines) + '\n'
+        updates['load_from'] = checkpoint
+    return updates, note

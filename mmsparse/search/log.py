@@ -5,6 +5,12 @@ settings, space, input size, checkpoint, metric); every later line is a
 :class:`~mmsparse.search.evolution.Candidate` (``"type": "candidate"``). Lines are flushed and
 fsync'ed one at a time, so a killed search leaves at most one partial last line, which
 :func:`read_log` drops.
+
+One search at a time writes a log: :class:`SearchLogLock` holds an exclusive ``flock`` on
+``<log>.lock`` (holding the writer's pid) for as long as the search runs. The kernel releases it
+when the process ends however it ends, so a stale lock file never blocks a restart, while a
+search that is still running (an orphaned rank of a killed launcher, a second terminal) makes a
+new one refuse instead of interleaving lines.
 """
 import json
 import os
@@ -12,7 +18,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from .evolution import Candidate
 
-__all__ = ['read_log', 'SearchLogWriter', 'header_mismatch']
+__all__ = ['read_log', 'SearchLogWriter', 'SearchLogLock', 'header_mismatch']
 
 
 def read_log(path: str) -> Tuple[Optional[Dict[str, Any]], List[Candidate], int]:
@@ -55,13 +61,75 @@ def header_mismatch(old: Mapping[str, Any], new: Mapping[str, Any]) -> Optional[
     return None
 
 
-class SearchLogWriter:
-    """Appends lines to the log (rank 0 only); a dropped partial line is cut off first."""
+class SearchLogLock:
+    """An exclusive lock on a search log: ``flock`` of ``<log>.lock``, released on exit.
 
-    def __init__(self, path: str) -> None:
+    Args:
+        log_path: the search log.
+
+    Example:
+        >>> lock = SearchLogLock('work_dirs/s/search_max40_min0.jsonl')
+        >>> held_by = lock.acquire()   # None: acquired; else a message naming the holder
+        >>> lock.release()
+    """
+
+    def __init__(self, log_path: str) -> None:
+        self.log_path = log_path
+        self.path = f'{log_path}.lock'
+        self._fd: Optional[int] = None
+
+    def acquire(self) -> Optional[str]:
+        """Take the lock without waiting.
+
+        Returns:
+            None when taken (or already held by this object; or no ``fcntl`` on this system),
+            else one line saying which process holds it.
+        """
+        try:
+            import fcntl
+        except ImportError:  # not POSIX: no advisory locks, run unlocked as before
+            return None
+        if self._fd is not None:
+            return None
+        os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.read(fd, 64).decode(errors='replace').strip() or '?'
+            os.close(fd)
+            return (f'another search is running on {self.log_path} (pid {holder} holds '
+                    f'{self.path}); wait for it to finish or stop it, or use another --work-dir')
+        os.ftruncate(fd, 0)
+        os.write(fd, f'{os.getpid()}\n'.encode())
+        self._fd = fd
+        return None
+
+    def release(self) -> None:
+        """Give the lock up (the lock file stays; an unlocked file blocks nobody)."""
+        if self._fd is not None:
+            os.close(self._fd)  # closing the descriptor drops the flock
+            self._fd = None
+
+
+class SearchLogWriter:
+    """Appends lines to the log (rank 0 only); a dropped partial line is cut off first.
+
+    Args:
+        path: the log.
+        lock: the lock this writer holds (released by :meth:`close`).
+    """
+
+    def __init__(self, path: str, lock: Optional[SearchLogLock] = None) -> None:
         self.path = path
+        self.lock = lock
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         self._rewrite_valid_lines()
+
+    def close(self) -> None:
+        """Release the log's lock (the file itself is not held open)."""
+        if self.lock is not None:
+            self.lock.release()
 
     def _rewrite_valid_lines(self) -> None:
         # a killed writer may leave a partial line; keep the whole ones only

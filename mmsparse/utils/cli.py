@@ -36,7 +36,14 @@ HOW_TO_INSTALL = {
 
 
 def run_cli(main: Callable[[], Optional[int]]) -> None:
-    """Run ``main`` and turn user errors into ``error: <message>`` and exit status 2."""
+    """Run ``main`` and turn user errors into ``error: <message>`` and exit status 2.
+
+    The entry point of every tool: it also drops the pinned stack's warnings that say nothing to
+    a user (:func:`~mmsparse.compat.quiet_pinned_stack_warnings`; ``import mmsparse`` does not
+    touch warning filters).
+    """
+    from mmsparse.compat import quiet_pinned_stack_warnings
+    quiet_pinned_stack_warnings()
     try:
         code = main()
     except (UserError, DataNotFoundError, ConfigError, CheckpointError, StackError) as e:
@@ -90,28 +97,25 @@ def check_checkpoint(path: Optional[str]) -> Optional[str]:
 
 
 def setup_scope(cfg: Config) -> None:
-    """Import ``custom_imports`` and enter the config's ``default_scope`` (default ``mmsparse``)."""
+    """Import ``custom_imports``, register mmsparse's checkpoint loaders and enter the config's
+    ``default_scope`` (default ``mmsparse``); every tool builds its model or Runner after it."""
     from mmengine.registry import init_default_scope
     from mmengine.utils import import_modules_from_strings
 
     if cfg.get('custom_imports'):
         import_modules_from_strings(**cfg['custom_imports'])
-    import mmsparse  # noqa: F401  registers mmsparse's modules
+    import mmsparse  # registers mmsparse's modules
+    # explicit (idempotent): the tools must not depend on who imported mmsparse first
+    mmsparse.register_checkpoint_loaders()
     init_default_scope(cfg.get('default_scope', 'mmsparse'))
 
 
 def registered_class(registry, obj_cfg: dict) -> Optional[type]:
     """The class a config dict (``type``, optional ``_scope_``) names in ``registry``, looked up
     in its scope (else the current default scope, as the Runner builds it); None if unknown.
-    Call after :func:`setup_scope`."""
-    from mmengine.registry import DefaultScope
-
-    type_ = obj_cfg.get('type')
-    if not isinstance(type_, str):
-        return type_ if isinstance(type_, type) else None
-    scope = obj_cfg.get('_scope_') or DefaultScope.get_current_instance().scope_name
-    with registry.switch_scope_and_registry(scope) as reg:
-        return reg.get(type_)
+    Call after :func:`setup_scope` (see :func:`mmsparse.utils.config.config_class`)."""
+    from .config import config_class
+    return config_class(obj_cfg, registry)
 
 
 def config_model_kind(cfg: Config) -> str:
@@ -250,12 +254,24 @@ def build_runner(cfg: Config, launcher: str):
     cfg.launcher = launcher
     check_data_roots(cfg)
     setup_scope(cfg)
+    if cfg.get('model_wrapper_cfg'):
+        # the Runner looks the wrapper up in MMEngine's root registry, which ignores the default
+        # scope: an unprefixed mmsparse wrapper (a config written for older mmsparse) gets it
+        from mmengine.registry import MODEL_WRAPPERS
+
+        from mmsparse.registry import scoped_type
+        wrapper = cfg.model_wrapper_cfg
+        wrapper['type'] = scoped_type(MODEL_WRAPPERS, wrapper.get('type',
+                                                                  'MMDistributedDataParallel'))
     if launcher != 'none':
         try:
             init_distributed(launcher,
                              cfg.get('env_cfg', {}).get('dist_cfg', {}).get('backend'))
         except LaunchError as e:
             raise UserError(str(e)) from None
+        from .launch import stop_with_launcher
+        # a rank whose mpirun / torchrun / srun is gone would run on, writing the work dir
+        stop_with_launcher(what=f'rank {os.environ.get("RANK", "?")}')
         ddp_wrapper_cfg(cfg)
     if 'runner_type' in cfg:
         return RUNNERS.build(cfg)
