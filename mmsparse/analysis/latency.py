@@ -62,6 +62,32 @@ def thread_info() -> Dict[str, Any]:
 TIMERS = ('wall', 'cuda_event')
 
 
+def _timer(timer: str, sync: Callable[[], None]) -> Callable[[Callable[[], Any]], float]:
+    """A function that calls ``fn`` once and returns its time in ms, by ``timer``."""
+    if timer not in TIMERS:
+        raise ValueError(f'timer must be one of {TIMERS}, got {timer!r}')
+    if timer == 'wall':
+        def timed(fn: Callable[[], Any]) -> float:
+            start = time.perf_counter()
+            fn()
+            sync()
+            return (time.perf_counter() - start) * 1e3
+        return timed
+    if not torch.cuda.is_available():
+        raise ValueError("timer='cuda_event' needs CUDA, which is not available here")
+    start_ev = torch.cuda.Event(enable_timing=True)
+    end_ev = torch.cuda.Event(enable_timing=True)
+
+    def timed_cuda(fn: Callable[[], Any]) -> float:
+        sync()
+        start_ev.record()
+        fn()
+        end_ev.record()
+        end_ev.synchronize()
+        return start_ev.elapsed_time(end_ev)
+    return timed_cuda
+
+
 def measure_latency(fns: Mapping[str, Callable[[], Any]], warmup: int = 10, runs: int = 50,
                     trim: float = 0.25, cuda_sync: bool = None, timer: str = 'wall',
                     grad: bool = False) -> Dict[str, LatencyResult]:
@@ -86,35 +112,10 @@ def measure_latency(fns: Mapping[str, Callable[[], Any]], warmup: int = 10, runs
         raise ValueError(f'runs must be >= 1, got {runs}')
     if warmup < 0:
         raise ValueError(f'warmup must be >= 0, got {warmup}')
-    if timer not in TIMERS:
-        raise ValueError(f'timer must be one of {TIMERS}, got {timer!r}')
-    if timer == 'cuda_event' and not torch.cuda.is_available():
-        raise ValueError("timer='cuda_event' needs CUDA, which is not available here")
     if cuda_sync is None:
         cuda_sync = torch.cuda.is_available()
-
-    def sync() -> None:
-        if cuda_sync:
-            torch.cuda.synchronize()
-
-    if timer == 'cuda_event':
-        start_ev = torch.cuda.Event(enable_timing=True)
-        end_ev = torch.cuda.Event(enable_timing=True)
-
-        def timed(fn: Callable[[], Any]) -> float:
-            sync()
-            start_ev.record()
-            fn()
-            end_ev.record()
-            end_ev.synchronize()
-            return start_ev.elapsed_time(end_ev)
-    else:
-        def timed(fn: Callable[[], Any]) -> float:
-            start = time.perf_counter()
-            fn()
-            sync()
-            return (time.perf_counter() - start) * 1e3
-
+    sync = torch.cuda.synchronize if cuda_sync else (lambda: None)
+    timed = _timer(timer, sync)
     times: Dict[str, List[float]] = {name: [] for name in fns}
     with torch.enable_grad() if grad else torch.inference_mode():
         for _ in range(warmup):
