@@ -180,13 +180,18 @@ def _drive(hook, runner, steps: int) -> List[float]:
 
 
 # ---------------------------------------------------------------------------------------------
+def _classifier(rec: Recorder, tag: str, config: str) -> None:
+    """Weights, eval logits, one training loss + gradients and FLOPs of a config's model."""
+    model, _ = _build(config)
+    rec.weights(tag, model)
+    rec.put(f'{tag}/eval/logits', _logits(model))
+    _loss_and_grads(rec, tag, model)
+    rec.put(f'{tag}/flops', _flops(model))
+
+
 @section
 def dense(rec: Recorder) -> None:
-    model, _ = _build('configs/vit/vit-tiny-p4_fashion-mnist.py')
-    rec.weights('dense', model)
-    rec.put('dense/eval/logits', _logits(model))
-    _loss_and_grads(rec, 'dense', model)
-    rec.put('dense/flops', _flops(model))
+    _classifier(rec, 'dense', 'configs/vit/vit-tiny-p4_fashion-mnist.py')
 
 
 @section
@@ -213,11 +218,7 @@ def dynamicvit(rec: Recorder) -> None:
 
 @section
 def svite_plus(rec: Recorder) -> None:
-    model, _ = _build('configs/svite/svite-plus-vit-tiny-p4_fashion-mnist.py')
-    rec.weights('svite_plus', model)
-    rec.put('svite_plus/eval/logits', _logits(model))
-    _loss_and_grads(rec, 'svite_plus', model)
-    rec.put('svite_plus/flops', _flops(model))
+    _classifier(rec, 'svite_plus', 'configs/svite/svite-plus-vit-tiny-p4_fashion-mnist.py')
 
 
 @section
