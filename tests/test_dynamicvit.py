@@ -457,3 +457,17 @@ def test_imagenet_configs_hold_the_original_recipe(arch, ratio_weight, drop_path
     if arch == 'tiny':  # builds, with the keep counts of 224x224
         model = build(dict(cfg.model, distill=False))
         assert model.backbone.eval_keep_counts == [137, 96, 67]
+
+
+@pytest.mark.parametrize('kwargs,match', [
+    (dict(backbone_lr_scale=-1), r'custom_hooks\[DynamicViTOptimHook\]\.backbone_lr_scale must '
+                                 r'be a number >= 0, got -1'),
+    (dict(freeze_backbone=1.5), r'\.freeze_backbone must be an integer >= 0, got 1\.5'),
+    (dict(by_epoch=1), r'\.by_epoch must be True or False, got 1'),
+    (dict(trainable_keys='predictor'), r'\.trainable_keys must be a non-empty list'),
+])
+def test_optim_hook_bad_arguments_name_the_full_key(kwargs, match):
+    _scope()
+    from mmsparse.engine import DynamicViTOptimHook
+    with pytest.raises(ConfigError, match=match):
+        DynamicViTOptimHook(**kwargs)

@@ -19,8 +19,9 @@ from mmengine.logging import print_log
 from mmengine.runner import IterBasedTrainLoop
 
 from mmsparse.errors import ConfigError
-from mmsparse.registry import HOOKS
 from mmsparse.models.utils import unwrap_model
+from mmsparse.registry import HOOKS
+from mmsparse.validation import Keys
 
 __all__ = ['DynamicViTOptimHook', 'RNGStateHook']
 
@@ -53,13 +54,12 @@ class DynamicViTOptimHook(Hook):
 
     def __init__(self, backbone_lr_scale: float = 0.01, freeze_backbone: int = 5,
                  by_epoch: bool = True, trainable_keys: Sequence[str] = ('predictor', )) -> None:
-        if not (isinstance(backbone_lr_scale, (int, float)) and backbone_lr_scale >= 0):
-            raise ConfigError(f'backbone_lr_scale must be a number >= 0, got {backbone_lr_scale!r}')
-        if not (isinstance(freeze_backbone, int) and freeze_backbone >= 0):
-            raise ConfigError(f'freeze_backbone must be an int >= 0, got {freeze_backbone!r}')
-        if isinstance(trainable_keys, str) or not trainable_keys:
-            raise ConfigError(f'trainable_keys must be a non-empty list of name parts, got '
-                              f'{trainable_keys!r}')
+        keys = Keys('custom_hooks[DynamicViTOptimHook]')
+        keys.number('backbone_lr_scale', backbone_lr_scale, low=0)
+        keys.number('freeze_backbone', freeze_backbone, low=0, integer=True)
+        keys.boolean('by_epoch', by_epoch)
+        keys.require('trainable_keys', not isinstance(trainable_keys, str) and bool(trainable_keys),
+                     f'must be a non-empty list of name parts, got {trainable_keys!r}')
         self.backbone_lr_scale = float(backbone_lr_scale)
         self.freeze_backbone = freeze_backbone
         self.by_epoch = by_epoch

@@ -21,10 +21,10 @@ import numpy as np
 from mmengine.hooks import Hook
 
 from mmsparse.models.sparsevit import normalize_window_ratios
+from mmsparse.models.utils import unwrap_model
 from mmsparse.ops.windows import RATIO_GROUP_SIZE, expand_group_ratios, num_ratio_groups
 from mmsparse.registry import HOOKS
 from mmsparse.validation import Keys
-from mmsparse.models.utils import unwrap_model
 
 __all__ = ['SparsityAwareAdaptationHook', 'sample_window_ratios', 'DEFAULT_CANDIDATES']
 

@@ -17,9 +17,9 @@ from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
 
 from mmsparse.errors import ConfigError
+from mmsparse.models.utils import unwrap_model
 from mmsparse.registry import HOOKS
 from mmsparse.validation import Keys
-from mmsparse.models.utils import unwrap_model
 
 __all__ = ['UVCHook', 'UVCCompactHook', 'format_architecture']
 

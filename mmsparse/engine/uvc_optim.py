@@ -27,9 +27,10 @@ from mmengine.optim.scheduler.param_scheduler import INF, _ParamScheduler
 from torch import nn
 
 from mmsparse.errors import ConfigError
+from mmsparse.models.utils import unwrap_model
 from mmsparse.models.uvc_primal_dual import UVC_OPTIMIZERS
 from mmsparse.registry import OPTIM_WRAPPER_CONSTRUCTORS, PARAM_SCHEDULERS
-from mmsparse.models.utils import unwrap_model
+from mmsparse.validation import Keys
 
 __all__ = ['UVCOptimWrapperConstructor', 'PresetParamScheduler', 'PresetLR',
            'UVC_DEFAULT_OPTIMIZERS']
@@ -179,13 +180,11 @@ class PresetParamScheduler(_ParamScheduler):
     def __init__(self, optimizer, param_name: str, milestones: Sequence[int],
                  values: Sequence[float], begin: int = 0, end: int = INF,
                  last_step: int = -1, by_epoch: bool = True, verbose: bool = False) -> None:
-        milestones, values = list(milestones), [float(v) for v in values]
-        if len(milestones) != len(values) or not milestones:
-            raise ConfigError(f'PresetParamScheduler: milestones {milestones} and values '
-                              f'{values} must be non-empty and of the same length')
-        if any(b <= a for a, b in zip(milestones, milestones[1:])) or milestones[0] < 0:
-            raise ConfigError(f'PresetParamScheduler: milestones must be increasing and >= 0, '
-                              f'got {milestones}')
+        keys = Keys(f'param_scheduler[{type(self).__name__}]')
+        milestones = keys.numbers('milestones', list(milestones), low=0, integer=True)
+        values = [float(v) for v in keys.numbers('values', list(values), length=len(milestones))]
+        keys.require('milestones', all(b > a for a, b in zip(milestones, milestones[1:])),
+                     f'must be increasing, got {milestones}')
         self.presets = dict(zip(milestones, values))
         super().__init__(optimizer, param_name=param_name, begin=begin, end=end,
                          last_step=last_step, by_epoch=by_epoch, verbose=verbose)

@@ -21,9 +21,9 @@ import torch
 from torch import Tensor, nn
 
 from mmsparse.errors import ConfigError
+from mmsparse.models.utils import unwrap_model
 from mmsparse.ops import dst
 from mmsparse.registry import HOOKS
-from mmsparse.models.utils import unwrap_model
 from .dst_hook import DSTHook, optimizers_of
 from .mask_state import UnstructuredMaskState
 

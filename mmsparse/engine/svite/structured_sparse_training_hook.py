@@ -13,9 +13,9 @@ from mmengine.dist import all_reduce
 from torch import Tensor, nn
 
 from mmsparse.errors import ConfigError
+from mmsparse.models.utils import unwrap_model
 from mmsparse.ops import dst
 from mmsparse.registry import HOOKS
-from mmsparse.models.utils import unwrap_model
 from .dst_hook import DSTHook
 from .mask_state import StructuredMaskState
 

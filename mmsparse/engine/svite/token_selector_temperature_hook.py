@@ -2,9 +2,9 @@
 from mmengine.hooks import Hook
 
 from mmsparse.errors import ConfigError
+from mmsparse.models.utils import unwrap_model
 from mmsparse.registry import HOOKS
 from mmsparse.validation import Keys
-from mmsparse.models.utils import unwrap_model
 
 __all__ = ['TokenSelectorTemperatureHook']
 
