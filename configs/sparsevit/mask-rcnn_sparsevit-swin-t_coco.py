@@ -25,4 +25,7 @@ test_pipeline = [
 val_dataloader = dict(dataset=dict(pipeline=test_pipeline))
 test_dataloader = val_dataloader
 
-optim_wrapper = dict(type='AmpOptimWrapper', loss_scale=512., optimizer=dict(lr=1e-5))
+# fp16 with a dynamic loss scale starting at 512, as the original (fp16 = dict(loss_scale=
+# dict(init_scale=512))); a number here would be a static scale in MMEngine
+optim_wrapper = dict(type='AmpOptimWrapper', loss_scale=dict(init_scale=512.),
+                     optimizer=dict(lr=1e-5))

@@ -18,7 +18,9 @@ train_dataloader = dict(
 
 max_epochs = 600
 base_lr = 5e-4 * 64 * 8 / 512
-optim_wrapper = dict(optimizer=dict(type='AdamW', lr=base_lr, weight_decay=0.05))
+# no gradient clipping: the original's --clip-grad defaults to None and its scripts never set it
+# (mmpretrain's DeiT config, the base here, clips at max_norm 5.0)
+optim_wrapper = dict(optimizer=dict(type='AdamW', lr=base_lr, weight_decay=0.05), clip_grad=None)
 param_scheduler = [
     dict(type='LinearLR', start_factor=1e-6 / base_lr, by_epoch=True, begin=0, end=5,
          convert_to_iter_based=True),
