@@ -45,3 +45,22 @@ def test_uvc_imagenet_stage1_projects_to_the_budget_as_its_readme_says():
     assert UVCHook().project_at_end is True
     assert 'project_at_end=False` restores the original' in \
         (REPO / 'configs/uvc/README.md').read_text()
+
+
+def test_search_times_candidates_as_sparsevit_on_a_gpu(monkeypatch):
+    # original tools/search.py: measure(model, num_repeats=300, num_warmup=200) with
+    # torch.backends.cudnn.benchmark = True; on a CPU that is minutes per candidate: 5 / 20
+    import torch
+
+    from mmsparse.search.run import TIMING_DEFAULTS, SearchOptions
+    assert TIMING_DEFAULTS == {'cuda': (200, 300), 'cpu': (5, 20)}
+    for cuda, expected in ((True, (200, 300)), (False, (5, 20))):
+        monkeypatch.setattr(torch.cuda, 'is_available', lambda cuda=cuda: cuda)
+        monkeypatch.setattr(torch.backends.cudnn, 'benchmark', False)
+        opts = SearchOptions(config='c.py', checkpoint=None, max_latency=1.0)
+        opts.check()
+        assert (opts.warmup, opts.runs) == expected
+        assert torch.backends.cudnn.benchmark is cuda
+        given = SearchOptions(config='c.py', checkpoint=None, max_latency=1.0, warmup=0, runs=1)
+        given.check()
+        assert (given.warmup, given.runs) == (0, 1)  # a flag wins on every device

@@ -39,8 +39,12 @@ def parse_args(argv=None) -> argparse.Namespace:
                      help='H [W] of the timed input (default: search_cfg.img_size, else 672 '
                      'for detectors / segmentors as SparseViT, else the backbone img_size)')
     win.add_argument('--batch-size', type=int, default=4, help='timed batch (default 4)')
-    win.add_argument('--warmup', type=int, default=5, help='untimed calls per candidate')
-    win.add_argument('--runs', type=int, default=20, help='timed calls per candidate')
+    win.add_argument('--warmup', type=int, default=None,
+                     help='untimed calls per candidate (default: 200 on a GPU, as SparseViT; 5 '
+                     'on a CPU)')
+    win.add_argument('--runs', type=int, default=None,
+                     help='timed calls per candidate (default: 300 on a GPU, as SparseViT; 20 '
+                     'on a CPU)')
     win.add_argument('--latency-table', nargs='?', const='', default=None, metavar='PATH',
                      help='measure per-gene costs once (or load them from PATH, default '
                      '<work-dir>/latency_table.json) and skip candidates predicted more than '

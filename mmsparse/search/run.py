@@ -38,7 +38,7 @@ from .evolution import (Candidate, EvaluationBudgetReached, EvolutionSearch,
                         NoFeasibleCandidateError, SearchSettings, rank_candidates)
 from .latency_table import LatencyTable, prediction_errors
 
-__all__ = ['SearchOptions', 'SearchOutcome', 'run', 'search_config', 'check_launcher',
+__all__ = ['TIMING_DEFAULTS', 'SearchOptions', 'SearchOutcome', 'run', 'search_config', 'check_launcher',
            'SPACE_KEYS', 'OVERRIDES']
 
 # search_cfg keys that are not SearchSettings fields
@@ -46,6 +46,14 @@ SPACE_KEYS = ('candidates', 'group_size', 'img_size', 'metric')
 # options that override the config's search_cfg
 OVERRIDES = ('population_size', 'parents', 'mutation_prob', 'iterations', 'seed', 'candidates',
              'metric')
+
+
+#: Untimed / timed calls per candidate by device. SparseViT's search times every candidate with
+#: 200 / 300 calls and ``cudnn.benchmark`` on (its ``tools/search.py``), which on a GPU costs
+#: about a second per candidate; on a CPU (~0.5 s a call for Swin-T at 672) it would cost minutes,
+#: so CPU runs default to 5 / 20. ``--warmup 200 --runs 300`` gives the original's protocol
+#: anywhere.
+TIMING_DEFAULTS = {'cuda': (200, 300), 'cpu': (5, 20)}
 
 
 @dataclass
@@ -59,7 +67,8 @@ class SearchOptions:
         part: what is timed, ``'backbone'`` or ``'model'``.
         img_size: ``[H]`` or ``[H, W]`` of the timed input (default: ``search_cfg.img_size``,
             else 672 for detectors / segmentors, else the backbone's ``img_size``).
-        batch_size / warmup / runs: the timed batch, untimed and timed calls per candidate.
+        batch_size / warmup / runs: the timed batch, untimed and timed calls per candidate
+            (warmup / runs None: :data:`TIMING_DEFAULTS` for the device).
         latency_table: None (no table), ``''`` (``<work_dir>/latency_table.json``) or a path.
         table_margin: relative margin around the window within which the table keeps candidates.
         latency_source: ``'measure'`` or ``'table'`` (the table's prediction is the latency).
@@ -78,8 +87,8 @@ class SearchOptions:
     part: str = 'backbone'
     img_size: Optional[Sequence[int]] = None
     batch_size: int = 4
-    warmup: int = 5
-    runs: int = 20
+    warmup: Optional[int] = None
+    runs: Optional[int] = None
     latency_table: Optional[str] = None
     table_margin: float = 0.1
     latency_source: str = 'measure'
@@ -98,7 +107,15 @@ class SearchOptions:
     cfg_options: Optional[Dict[str, Any]] = None
 
     def check(self) -> None:
-        """Refuse values no search can run with (one line each, naming the flag)."""
+        """Fill the device's timing defaults, then refuse values no search can run with (one
+        line each, naming the flag)."""
+        import torch
+        cuda = torch.cuda.is_available()
+        default_warmup, default_runs = TIMING_DEFAULTS['cuda' if cuda else 'cpu']
+        self.warmup = default_warmup if self.warmup is None else self.warmup
+        self.runs = default_runs if self.runs is None else self.runs
+        if cuda:  # as SparseViT's search: the fastest kernels for the fixed input shape
+            torch.backends.cudnn.benchmark = True
         if self.min_latency < 0 or self.max_latency <= 0:
             raise UserError(f'--min-latency must be >= 0 and --max-latency > 0 (ms), got '
                             f'{self.min_latency:g} and {self.max_latency:g}')
