@@ -133,18 +133,10 @@ def _logits(model, x=None):
 
 
 def _flops(model, shape=(1, 1, 28, 28)) -> int:
-    from mmsparse.analysis import count_flops
-
-    class Logits(torch.nn.Module):
-        def __init__(self, m):
-            super().__init__()
-            self.m = m
-
-        def forward(self, x):
-            return self.m(x, mode='tensor')
-
+    from mmsparse.analysis import count_flops, part_module
     model.eval()
-    return int(count_flops(Logits(model), (torch.randn(*shape), )).flops)
+    x = torch.randn(*shape)
+    return int(count_flops(part_module(model, 'model', x), (x, )).flops)
 
 
 class FakeRunner:
