@@ -176,11 +176,11 @@ def _plain_training_cfg(cfg) -> None:
     from mmsparse.engine.uvc_hooks import UVCCompactHook, UVCHook
     from mmsparse.engine.uvc_optim import UVCOptimWrapperConstructor
     from mmsparse.registry import OPTIM_WRAPPER_CONSTRUCTORS
-    from mmsparse.utils.config import config_class, is_config_of
+    from mmsparse.utils.config import is_config_of
     ow = cfg.get('optim_wrapper')
-    if isinstance(ow, dict) and config_class(dict(type=ow.get('constructor')),
-                                             OPTIM_WRAPPER_CONSTRUCTORS) is \
-            UVCOptimWrapperConstructor:
+    if isinstance(ow, dict) and is_config_of(dict(type=ow.get('constructor')),
+                                             UVCOptimWrapperConstructor,
+                                             OPTIM_WRAPPER_CONSTRUCTORS):
         cfg.optim_wrapper = copy.deepcopy(ow['weights'])
     sched = cfg.get('param_scheduler')
     if isinstance(sched, dict) and 'type' not in sched:

@@ -35,10 +35,8 @@ from mmsparse.validation import Keys
 from ._vit_utils import vit_layer_cfgs, vit_tokens
 from .layers.encoder import EncoderLayer
 
-__all__ = ['UVCVisionTransformer', 'UVC_OPTIMIZERS']
+__all__ = ['UVCVisionTransformer']
 
-# the optimizers of a search-mode train_step (keys of the OptimWrapperDict)
-UVC_OPTIMIZERS = ('weights', 'arch', 'gates', 'duals', 'flops_dual')
 # the upper bounds of s and r stay just below the group count: >= 1 group always remains
 _BOUND_EPS = 1e-8
 _KEYS = Keys('model.backbone')
@@ -89,10 +87,9 @@ def _layer_cfgs(vit: VisionTransformer, kwargs: dict) -> List[dict]:
     of a 2-layer MLP (:attr:`EncoderLayer.fc1` / ``fc2``)."""
     cfgs = vit_layer_cfgs(vit, kwargs)
     for cfg in cfgs:
-        _KEYS.require('layer_cfgs', cfg.pop('ffn_type', 'origin') == 'origin' and
-                      cfg.get('num_fcs', 2) == 2,
-                      "must keep the 2-layer FFN whose neurons UVC masks (num_fcs=2, "
-                      "ffn_type='origin')")
+        # (vit_layer_cfgs already refuses an ffn_type other than mmcv's 'origin')
+        _KEYS.require('layer_cfgs', cfg.get('num_fcs', 2) == 2,
+                      'must keep the 2-layer FFN whose neurons UVC masks (num_fcs=2)')
     return cfgs
 
 

@@ -198,10 +198,9 @@ class UVCClassifier(FrozenTeacherMixin, ImageClassifier):
         """
         bb = self.uvc_backbone
         with torch.no_grad():
-            masks = bb.compute_masks() if bb.mode == 'search' else None
-            head_keep = masks.heads if masks is not None else bb.mask_heads
             if bb.mode == 'fixed':
                 return self.fixed_flops_fraction()
+            head_keep = bb.compute_masks().heads
             keep = bb.block_keep_hard().float() if hard else bb.block_keep_prob()
             return float(uvc_flops_fraction(self.cost, bb.arch_heads, bb.arch_neurons,
                                             bb.arch_dims, head_keep, keep))

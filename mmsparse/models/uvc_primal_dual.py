@@ -34,8 +34,8 @@ from torch import Tensor, nn
 
 from mmsparse.errors import ConfigError
 from mmsparse.ops.uvc import (LEAST_SUM_SLOPES, UVCMasks, ViTCost, clip_inf_norm,
-                              gate_keep_prob, group_flops_fractions, least_sum, project_grad,
-                              prox_factors, uvc_flops_fraction)
+                              group_flops_fractions, least_sum, project_grad, prox_factors,
+                              uvc_flops_fraction)
 from mmsparse.validation import Keys
 from .uvc_ddp import average_gradients
 
@@ -187,7 +187,8 @@ class UVCPrimalDual:
         masks = backbone.compute_masks(scores)
         self.arch_gates_duals_step(backbone, duals, optim_wrapper, self.normalized(scores),
                                    masks)
-        backbone.refresh_masks()
+        # the architecture variables moved, the weights did not: the same scores
+        backbone.refresh_masks(backbone.compute_masks(scores))
 
     # ---- step 2 ------------------------------------------------------------------------------
     @torch.no_grad()
@@ -217,10 +218,7 @@ class UVCPrimalDual:
             heads' dims count 0) and ``flops`` () the expected FLOPs fraction.
         """
         head_s, dim_s, neuron_s = scores
-        keep = None
-        if gates is not None and not backbone.warmup:
-            keep = gate_keep_prob(gates, backbone.block_gating, backbone.gumbel_tau,
-                                  float(backbone.soft_l0_eps))
+        keep = backbone.block_keep_prob(gates)  # None without gating
         return dict(
             ls_heads=least_sum(s_heads, head_s, self.least_sum_slope),
             ls_neurons=least_sum(s_neurons, neuron_s, self.least_sum_slope),

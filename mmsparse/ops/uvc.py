@@ -301,6 +301,8 @@ def min_flops_fraction(cost: ViTCost, block_gating: bool) -> float:
 
 
 # ----------------------------------------------------------------------------------------------
+# proximal step, projections
+# ----------------------------------------------------------------------------------------------
 def prox_factors(removed: Tensor, dual: Tensor, lr: float) -> Tensor:
     """Proximal step of the group penalty ``dual * ||w_g||^2``: multiply removed groups' weights.
 

@@ -152,7 +152,3 @@ def _remove_greedily(cost: ViTCost, ranked: _Ranked, nh: Tensor, nn_: Tensor, nd
                                                    runs)):
             full[row] = new
     return removed
-
-
-# ----------------------------------------------------------------------------------------------
-# proximal step, projections

@@ -150,13 +150,12 @@ class Attention(BaseModule):
                 attn = F.dropout(attn, p=drop)
         outs = []
         for g, ((h0, nh, d, _), v) in enumerate(zip(self.groups, values)):
+            # (one group, the usual case: the slices are the whole tensors, as views)
             if attn is not None:
-                o = attn[:, h0:h0 + nh] @ v if len(values) > 1 else attn @ v
-            elif len(values) > 1:
+                o = attn[:, h0:h0 + nh] @ v
+            else:  # (B, n_g, N, d_g)
                 o = F.scaled_dot_product_attention(q[:, h0:h0 + nh], k[:, h0:h0 + nh], v,
                                                    dropout_p=drop)
-            else:
-                o = F.scaled_dot_product_attention(q, k, v, dropout_p=drop)  # (B, H, N, d)
             if v_mask is not None:
                 o = o * v_mask.to(o.dtype).unsqueeze(1)  # (B, H, N, d) * (H, 1, d)
             if self.record_head_scores and self.training and o.requires_grad:

@@ -126,7 +126,6 @@ class CompactVisionTransformer(VisionTransformer):
         self.layer_head_dims = _per_layer(head_dims, C // arch_heads, L, 'head_dims', 1)
         self.layer_v_dims = _per_head(v_dims, self.layer_num_heads, self.layer_head_dims,
                                       explicit)
-        self.layer_num_heads = [len(d) for d in self.layer_v_dims]
         self.layer_mlp_dims = _per_layer(mlp_dims, self.arch_settings['feedforward_channels'],
                                          L, 'mlp_dims', 0)
         skip = list(skip_layers or ())
@@ -146,16 +145,11 @@ class CompactVisionTransformer(VisionTransformer):
     def _layer_cfgs(self, kwargs: dict) -> List[dict]:
         """The per-layer arguments, as ``VisionTransformer.__init__`` builds them."""
         remove = self.remove_empty_branches
-        cfgs = vit_layer_cfgs(
+        return vit_layer_cfgs(
             self, kwargs, num_heads=self.layer_num_heads, head_dims=self.layer_head_dims,
             v_dims=self.layer_v_dims, feedforward_channels=self.layer_mlp_dims,
             with_attn=[not (remove and h == 0) for h in self.layer_num_heads],
             with_ffn=[not (remove and m == 0) for m in self.layer_mlp_dims])
-        for cfg in cfgs:
-            if cfg.pop('ffn_type', 'origin') != 'origin':
-                _KEYS.fail('layer_cfgs', "must keep ffn_type='origin' (the compact layers "
-                                         "are mmcv FFNs of any width)")
-        return cfgs
 
     def attention_layers(self) -> List[Optional[Attention]]:
         """The attention module of each layer (None for a skipped layer or removed branch)."""
