@@ -20,7 +20,6 @@ import torch
 from torch import Tensor
 
 from mmsparse.checkpoint import load_checkpoint_file
-from mmsparse.engine.svite import UnstructuredMaskState, read_mask_state
 from mmsparse.ops.dst import pack_mask, unpack_mask
 
 __all__ = ['SCHEME', 'FORMAT', 'sparsify_state_dict', 'densify_state_dict',
@@ -97,6 +96,8 @@ def save_sparse_checkpoint(checkpoint: dict, path: str, names: Optional[Iterable
     """
     state_dict = checkpoint.get('state_dict', checkpoint)
     if names is None:
+        # (here, not at import: loading a sparse:// checkpoint needs no hooks)
+        from mmsparse.engine.svite import UnstructuredMaskState, read_mask_state
         state = read_mask_state(checkpoint)
         if isinstance(state, UnstructuredMaskState):
             names = list(state.masks)

@@ -34,7 +34,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
-from mmsparse.engine.svite import StructuredMaskState, read_mask_state
+from mmsparse.engine.svite import DSTHook, StructuredMaskState, read_mask_state
 from mmsparse.ops.dst import head_rows_mask
 
 __all__ = ['structured_masks_from_checkpoint', 'structured_masks_from_weights',
@@ -215,7 +215,6 @@ def _write_compact(cfg, ckpt: dict, checkpoint: str, out_prefix: str,
                    masks: Tuple[List[Tensor], List[Tensor]], head_dims: List[int],
                    base_config: str) -> dict:
     """Write ``<out_prefix>.py`` / ``.pth`` of the compact model; its backbone config."""
-    from mmsparse.engine.svite import DSTHook
     from mmsparse.utils import write_derived_config
     from mmsparse.utils.config import is_config_of
 

@@ -166,10 +166,7 @@ class SearchSettings:
         for name, low in (('population_size', 1), ('parents', 1), ('iterations', 0), ('seed', 0),
                           ('max_random_trials', 1), ('max_trials_per_iteration', 1)):
             if name in values:
-                v = values[name]
-                ok = isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= low
-                keys.require(name, ok, f'must be an int >= {low}, got {v!r}')
-                values[name] = int(v)
+                values[name] = int(keys.number(name, values[name], low, integer=True))
         for name in ('mutation_prob', 'mutation_share'):
             if name in values:
                 values[name] = float(keys.number(name, values[name], 0, 1))

@@ -24,6 +24,7 @@ from mmengine.config import Config
 from mmengine.dist import all_gather_object, broadcast_object_list, get_dist_info
 
 from mmsparse.models.utils import unwrap_model
+from mmsparse.ops.windows import RATIO_GROUP_SIZE
 from mmsparse.utils.cli import UserError
 from .evolution import Candidate, Genome
 from .latency_table import LatencyTable, build_latency_table, probe_genomes
@@ -65,8 +66,8 @@ def window_defaults(cfg: Config) -> Tuple[Tuple[float, ...], int]:
     for hook in cfg.get('custom_hooks') or []:
         if is_saa_hook(hook):
             return (tuple(hook.get('candidates', DEFAULT_CANDIDATES)),
-                    int(hook.get('group_size', 2)))
-    return tuple(DEFAULT_CANDIDATES), 2
+                    int(hook.get('group_size', RATIO_GROUP_SIZE)))
+    return tuple(DEFAULT_CANDIDATES), RATIO_GROUP_SIZE
 
 
 def choose_split(cfg: Config, split: str = 'auto') -> str:

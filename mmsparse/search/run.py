@@ -393,7 +393,7 @@ class SearchJob:
         except EvaluationBudgetReached as e:
             outcome.stopped = str(e)
             return outcome
-        outcome.metric, outcome.best = self.cand.metric, result.best
+        outcome.best = result.best
         outcome.report = self.report(search, result, len(cache))
         self.write_outputs(outcome)
         return outcome

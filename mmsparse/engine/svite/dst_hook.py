@@ -90,7 +90,6 @@ class DSTHook(Hook):
         self.state = self.STATE()
         self._restored: Optional[MaskState] = None
         self._handles: list = []
-        self._capture = False
         self._due = False
         self._grads: Optional[Dict[str, Tensor]] = None
 
@@ -147,7 +146,7 @@ class DSTHook(Hook):
         self._handles = []
 
     def _capture_grads(self, optimizer, args, kwargs) -> None:
-        if not self._capture:
+        if not self._due:  # gradients are kept only for a mask update
             return
         self._grads = {name: (p.grad.detach().clone() if p.grad is not None
                               else torch.zeros_like(p.detach()))
@@ -211,7 +210,6 @@ class DSTHook(Hook):
     def before_train_iter(self, runner, batch_idx: int, data_batch=None) -> None:
         step = runner.iter + 1
         self._due = self.state.pending or self.is_update_step(step, self.total_iters(runner))
-        self._capture = self._due
         self._before_step(runner, step)
 
     def _before_step(self, runner, step: int) -> None:
@@ -231,7 +229,6 @@ class DSTHook(Hook):
                 self.update_masks(runner, step)
                 self.state.pending = False
         self._grads = None
-        self._capture = False
         self._due = False
 
     def after_train(self, runner) -> None:

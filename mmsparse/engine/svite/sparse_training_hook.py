@@ -268,11 +268,7 @@ class SparseTrainingHook(DSTHook):
     @torch.no_grad()
     def apply_masks(self) -> None:
         """Zero the pruned weights (after the optimizer step)."""
-        if hasattr(torch, '_foreach_mul_'):
-            torch._foreach_mul_(self._weights, self._factors)
-        else:
-            for p, f in zip(self._weights, self._factors):
-                p.mul_(f)
+        torch._foreach_mul_(self._weights, self._factors)
 
     def _grow_scores(self, runner, name: str, p: nn.Parameter) -> Optional[Tensor]:
         """What growth ranks the inactive entries of ``p`` by (None: random growth)."""

@@ -164,7 +164,7 @@ class StructuredSparseTrainingHook(DSTHook):
         self._register_capture(runner)
         runner.logger.info(
             f'StructuredSparseTrainingHook: heads {self.head_density}, MLP {self.mlp_density} '
-            f'after {what}: {self._layer_summary()}; updates every {self.update_interval} '
+            f'after {what}{self._layers_logged(": ")}; updates every {self.update_interval} '
             f'iterations until iteration {self.last_update_iter(runner)}')
         self._log_scalars(runner, self.stats())
 
@@ -249,9 +249,13 @@ class StructuredSparseTrainingHook(DSTHook):
         runner.logger.info(
             f'StructuredSparseTrainingHook: update {self.num_updates} at iteration {step}: '
             f'death rate {rate:.4f}, {heads_changed} heads and {neurons_changed} neurons '
-            f'swapped; {self._layer_summary()}')
+            f'swapped{self._layers_logged("; ")}')
 
     # ---- what is logged -------------------------------------------------------------------
+    def _layers_logged(self, sep: str) -> str:
+        """``sep`` + the per-layer summary with ``log_layers``, else nothing."""
+        return f'{sep}{self._layer_summary()}' if self.log_layers else ''
+
     def _layer_summary(self) -> str:
         return 'heads ' + ' '.join(''.join('1' if v else '0' for v in m.tolist())
                                    for m in self.head_masks) + \
