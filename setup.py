@@ -59,7 +59,7 @@ def add_mim_extension() -> None:
 
 if __name__ == '__main__':
     add_mim_extension()
-    det, seg, mpi = (read_requirements(n) for n in ('det', 'seg', 'mpi'))
+    det, seg, mpi, deploy = (read_requirements(n) for n in ('det', 'seg', 'mpi', 'deploy'))
     setup(
         name='mmsparse',
         version=read_version(),
@@ -76,10 +76,11 @@ if __name__ == '__main__':
         # `mim` extra names it for `mim install mmsparse`. See README "Install".
         install_requires=read_requirements('runtime'),
         extras_require={
-            'det': det, 'seg': seg, 'mpi': mpi,
+            'det': det, 'seg': seg, 'mpi': mpi, 'deploy': deploy,
             'mim': read_requirements('mminstall'),
-            'tests': read_requirements('tests'),
-            'all': det + seg + mpi,
+            # tests.txt includes deploy.txt with `-r`, which read_requirements skips
+            'tests': read_requirements('tests') + deploy,
+            'all': det + seg + mpi + deploy,
         },
         license='Apache License 2.0',
         classifiers=[

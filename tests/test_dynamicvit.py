@@ -169,6 +169,38 @@ def test_random_selector_has_no_predictors():
     assert [k.shape[1] for k in aux['kept_indices']] == [137, 96, 67]
 
 
+def test_policy_softmax_is_the_originals_by_default():
+    """Default policy_max_gap=None: every block's masked softmax is the original's formula;
+    a number selects the capped one. Only training (the policy path) differs."""
+    from mmsparse.ops.tokens import softmax_with_policy
+    torch.manual_seed(0)
+    bb = dyn_backbone()
+    assert all(layer.attn.policy_max_gap is None for layer in bb.layers)
+    capped = dyn_backbone(policy_max_gap=0.0)
+    assert all(layer.attn.policy_max_gap == 0.0 for layer in capped.layers)
+    capped.load_state_dict(bb.state_dict())
+    layer, x = bb.layers[4], torch.randn(2, 197, 48)
+    policy = torch.ones(2, 197)
+    policy[:, 1::3] = 0
+    attn = layer.attn.eval()
+    with torch.no_grad():
+        h = layer.ln1(x)
+        q, k, (v, ) = attn._split_qkv(attn.qkv(h), 2, 197)
+        logits = (q * attn.scale) @ k.transpose(-2, -1)
+        for model in (bb, capped):  # each block's attention weights are its formula's
+            a = model.layers[4].attn.eval()
+            probs = softmax_with_policy(logits, policy, max_gap=a.policy_max_gap)
+            by_hand = a.proj((probs @ v).transpose(1, 2).reshape(2, 197, 48))
+            torch.testing.assert_close(a(h, policy), by_hand, atol=1e-6, rtol=1e-5)
+        orig = softmax_with_policy(logits, policy, max_gap=None)
+        ours = softmax_with_policy(logits, policy, max_gap=0.0)
+        assert not torch.equal(orig, ours)  # the eps terms differ (another shift)
+        torch.testing.assert_close(orig, ours, atol=1e-5, rtol=0)
+        # inference (no policy) is the same model
+        img = torch.randn(1, 3, 224, 224)
+        torch.testing.assert_close(bb.eval()(img)[0], capped.eval()(img)[0], rtol=0, atol=0)
+
+
 @pytest.mark.parametrize('kw, match', [
     (dict(pruning_loc=[6, 3]), r'pruning_loc must be .*strictly increasing.*\[1, 11\], got \[6, 3\]'),
     (dict(pruning_loc=[0, 3]), r'pruning_loc .* got \[0, 3\]'),
@@ -180,6 +212,7 @@ def test_random_selector_has_no_predictors():
     (dict(keep_ratios=[0.5, 0.7, 0.2]), r'keep_ratios must be 3 non-increasing'),
     (dict(out_type='featmap'), r"out_type must be one of .*got 'featmap'"),
     (dict(selector='norm'), r"selector must be one of"),
+    (dict(policy_max_gap=-1.0), r'model\.backbone\.policy_max_gap must be a number >= 0'),
 ])
 def test_bad_backbone_config_fails_at_build(kw, match):
     with pytest.raises(ConfigError, match=match):
@@ -435,6 +468,43 @@ def test_train_freeze_save_resume_test_visualize(small_dv, tmp_path):
     assert 'kept [34, 24] of 49 patches' in proc.stdout
     drawn = mmcv.imread(str(picture))
     assert drawn.shape == (28 * 8, 3 * 28 * 8, 3)  # input + 2 stages, upscaled x8
+
+
+DV_EMA = """
+load_from = '{dense}'
+# (the Fashion-MNIST config has no validation: _delete_ replaces its None)
+val_dataloader = dict(
+    _delete_=True, batch_size=64, num_workers=0,
+    dataset=dict(type='FashionMNIST', data_root='{{{{$MMSPARSE_DATA:data}}}}/fashion_mnist',
+                 split='test', test_mode=True, download=False, indices=64,
+                 pipeline=[dict(type='PackInputs')], _scope_='mmpretrain'),
+    sampler=dict(type='DefaultSampler', shuffle=False))
+val_cfg = dict(_delete_=True)
+val_evaluator = dict(_delete_=True, type='Accuracy', topk=(1, ), _scope_='mmpretrain')
+custom_hooks = [dict(type='mmsparse.DynamicViTOptimHook', backbone_lr_scale=0.1,
+                     freeze_backbone=0, by_epoch=True),
+                dict(type='EMAHook', momentum=0.5, priority='ABOVE_NORMAL', evaluate_on_ema=True,
+                     evaluate_on_origin=True, _scope_='mmpretrain')]
+"""
+
+
+def test_validation_reports_the_ema_and_the_raw_model(small_dv, tmp_path):
+    """As the ImageNet configs' EMAHook: every validation runs on the EMA weights (the usual
+    metric names) and on the raw ones (suffix _origin); the checkpoint holds both."""
+    _, tmp = small_dv
+    cfg = tmp_path / 'ema.py'
+    cfg.write_text(small_config(DV_CONFIG, DV_EMA.format(dense=tmp / 'dense.pth'),
+                                train_images=64, epochs=1, validate=False))
+    work = tmp_path / 'w'
+    ok(run_tool('tools/train.py', cfg, '--work-dir', work))
+    scalars = [json.loads(line) for line in next(work.glob('*/vis_data/scalars.json')).open()]
+    val = [r for r in scalars if 'accuracy/top1' in r]
+    assert len(val) == 1 and 0 <= val[0]['accuracy/top1'] <= 100
+    assert 0 <= val[0]['accuracy/top1_origin'] <= 100
+    ckpt = torch.load(work / 'epoch_1.pth', map_location='cpu', weights_only=False)
+    key = 'backbone.predictors.0.out_conv.4.weight'
+    ema, raw = ckpt['state_dict'][key], ckpt['ema_state_dict']['module.' + key]
+    assert not torch.equal(ema, raw)  # EMA weights in state_dict, raw ones in ema_state_dict
 
 
 # ---- ImageNet configs ------------------------------------------------------------------------

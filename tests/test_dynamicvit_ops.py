@@ -101,6 +101,79 @@ def test_masked_softmax_no_nan_when_everything_is_dropped():
     assert torch.isfinite(a.grad).all()
 
 
+def _original_formula(attn, policy, eps=1e-6, detach_max=False):
+    # the original's Attention.softmax_with_policy (raoyongming/DynamicViT models/dyvit.py) as a
+    # formula, by plain autograd: G from the (B, T, 1) policy in its dtype; the shift is the
+    # maximum over ALL keys, taken in attn's dtype and differentiable (torch.max's gradient goes
+    # to the arg-max); exp and normalisation in float32; the result back in attn's dtype
+    B, _, T, _ = attn.shape
+    G = policy.reshape(B, 1, 1, T)
+    G = G + (1.0 - G) * torch.eye(T, dtype=G.dtype).view(1, 1, T, T)
+    top, _ = torch.max(attn, dim=-1, keepdim=True)
+    top = top.detach() if detach_max else top
+    x = torch.exp((attn - top).to(torch.float32)) * G.to(torch.float32)
+    return ((x + eps / T) / (x.sum(dim=-1, keepdim=True) + eps)).to(attn.dtype)
+
+
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float64])
+def test_original_policy_softmax_values_and_gradients(dtype):
+    g = torch.Generator().manual_seed(5)
+    B, H, T = 2, 3, 9
+    attn = torch.randn(B, H, T, T, generator=g) * 4
+    attn[0, :, :, 4] += 20.0  # a dropped key far above the kept ones (where the two differ)
+    policy = (torch.rand(B, T, 1, generator=g) > 0.5).float()
+    policy[:, 0] = 1
+    policy[0, 4] = 0
+    policy[1, 2] = 0.3  # a soft value too
+    w = torch.randn(B, H, T, T, generator=g).to(dtype)
+    results = []
+    for fn in (lambda a, p: softmax_with_policy(a, p, max_gap=None), _original_formula):
+        a = attn.to(dtype).clone().requires_grad_(True)
+        p = policy.to(dtype).clone().requires_grad_(True)
+        out = fn(a, p)
+        (out * w).sum().backward()
+        results.append((out.detach(), a.grad, p.grad))
+    (out, ga, gp), (ref, ref_ga, ref_gp) = results
+    assert out.dtype == dtype
+    # (float32 rounding: G is formed in float32 here, in the policy's dtype there)
+    torch.testing.assert_close(out, ref, atol=1e-7, rtol=1e-6)
+    # both run exp and normalisation in float32, as the original, in another order of
+    # operations: the logit gradients (up to ~0.6 here) differ by float32 rounding (~2e-7)
+    torch.testing.assert_close(ga, ref_ga, atol=5e-7, rtol=1e-5)
+    torch.testing.assert_close(gp, ref_gp, atol=1e-7, rtol=1e-5)
+    assert torch.isfinite(gp).all()
+    # the maximum's gradient is part of it: where eps dominates (the rows of sample 0, whose
+    # dropped key 4 lies ~20 above the kept ones) the output depends on the shift, and a
+    # detached maximum would give other gradients at the arg-max
+    a = attn.to(dtype).clone().requires_grad_(True)
+    (_original_formula(a, policy.to(dtype), detach_max=True) * w).sum().backward()
+    assert (a.grad[0, ..., 4] - ga[0, ..., 4]).abs().max() > 1e-3
+
+
+def test_original_and_capped_policy_softmax_hand_case():
+    # T = 3, one query row with logits [0, 0, 20], key 2 dropped. The original shifts by 20, so
+    # the kept terms are exp(-20) = 2.1e-9, far below eps = 1e-6: the row tends to 1/3 on every
+    # key, the dropped one included, and key 2's policy gradient is ~exp(0) / eps. Shifted by the
+    # kept maximum (max_gap given), the row is the softmax over the kept keys.
+    attn = torch.tensor([0.0, 0.0, 20.0]).expand(1, 1, 3, 3).clone()
+    policy = torch.tensor([[1.0, 1.0, 0.0]])
+    e, eps = math.exp(-20.0), 1e-6
+    z = 2 * e + eps
+    orig = softmax_with_policy(attn, policy, max_gap=None)[0, 0, 0]
+    expected = torch.tensor([(e + eps / 3) / z, (e + eps / 3) / z, (eps / 3) / z])
+    torch.testing.assert_close(orig, expected, atol=1e-6, rtol=0)
+    assert orig[2] > 0.33
+    capped = softmax_with_policy(attn, policy, max_gap=0.0)[0, 0, 0]
+    torch.testing.assert_close(capped, torch.tensor([0.5, 0.5, 0.0]), atol=1e-6, rtol=0)
+    # dL/dp_2 for L = A[0, 0, 0, 0]: the original's is ~1e5 times the capped one's
+    grads = []
+    for gap in (None, 0.0):
+        p = policy.clone().requires_grad_(True)
+        softmax_with_policy(attn, p, max_gap=gap)[0, 0, 0, 0].backward()
+        grads.append(p.grad[0, 2].abs().item())
+    assert grads[0] > 1e4 * grads[1] > 0
+
+
 def test_batch_index_select_and_topk_gather():
     x = torch.arange(2 * 5 * 2, dtype=torch.float32).view(2, 5, 2)  # cls + 4 patch tokens
     scores = torch.tensor([[0.1, 0.9, 0.5, 0.3], [0.8, 0.2, 0.1, 0.95]])

@@ -61,7 +61,8 @@ def test_wheel_ships_configs_tools_and_model_index(wheel):
     assert not [r for r in requires if '==' in r.split(';')[0]], requires
     assert any(r.startswith('Requires-Dist: mmengine') and 'extra' not in r for r in requires)
     for extra, dist in [('det', 'mmdet'), ('seg', 'mmsegmentation'), ('mpi', 'mpi4py'),
-                        ('mpi', 'torchpack')]:
+                        ('mpi', 'torchpack'), ('deploy', 'onnx'), ('deploy', 'onnxruntime'),
+                        ('deploy', 'onnxscript'), ('tests', 'onnxruntime')]:
         assert any(r.startswith(f'Requires-Dist: {dist}') and f'extra == "{extra}"' in r
                    for r in requires), (extra, dist)
     assert not any(r.startswith(('Requires-Dist: mmdet', 'Requires-Dist: mmcv'))

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mmsparse.search import (EvaluationBudgetReached, EvolutionSearch, GenomeSpace,
+from mmsparse.search import (Candidate, EvaluationBudgetReached, EvolutionSearch, GenomeSpace,
                              NoFeasibleCandidateError, SearchLogLock, SearchLogWriter,
                              SearchSettings,
                              SearchSettingsError, build_latency_table, candidate_key,
@@ -219,6 +219,134 @@ def test_no_feasible_candidate_names_the_latency_range():
                        r'over \[\d+\.\d+, \d+\.\d+\] ms'):
         search.run()
     assert not fake.score_calls and len(fake.latency_calls) <= 5
+
+
+class _Scripted:
+    """A stand-in random stream that returns the given uniform draws in order."""
+
+    def __init__(self, *draws):
+        self.draws = [np.asarray(d, dtype=float) for d in draws]
+
+    def random(self, n):
+        out = self.draws.pop(0)
+        assert out.shape == (n, )
+        return out
+
+
+def test_mutation_takes_genes_of_a_fresh_sorted_sample_by_position():
+    gs = window_ratio_space(SWIN_T, CANDS).genome_space
+    parent = (3, 1, 5, 6, 8, 0)
+    flips = [0.9, 0.9, 0.05, 0.9, 0.9, 0.9]  # only gene 2 (the triple's first) is replaced
+    fresh = (np.array([0, 0, 7, 1, 4, 0]) + 0.5) / 9  # a draw of 0, 0, 7, 1, 4, 0
+    # SparseViT's _mutate: the fresh sample's triple sorted first, (1, 4, 7); position 0 -> 1
+    child = gs.mutate(parent, _Scripted(flips, fresh), 0.1, 'sample')
+    assert child == (3, 1, 1, 6, 8, 0)
+    # 'gene': gene 2 takes its own draw, 7, then the triple (7, 6, 8) is sorted
+    assert gs.mutate(parent, _Scripted(flips, fresh), 0.1, 'gene') == (3, 1, 6, 7, 8, 0)
+    # p = 1 with 'sample' is a fresh draw of the space: the same genome as space.random
+    rng_a, rng_b = np.random.default_rng(5), np.random.default_rng(5)
+    rng_b.random(gs.num_genes)
+    assert gs.mutate(parent, rng_a, 1.0) == gs.random(rng_b)
+    # so a replaced low position of a sorted triple tends to get a low value: the triple's first
+    # gene, replaced alone in (8, 8, 8), is the minimum of 3 uniform draws (mean 1296 / 729 =
+    # 1.78) with 'sample', one uniform draw (mean 4) with 'gene'
+    rng = np.random.default_rng(0)
+    for mode, mean in (('sample', 1296 / 729), ('gene', 4.0)):
+        got = [gs.mutate((8, ) * 6, _Scripted(flips, rng.random(6)), 0.1, mode)[2]
+               for _ in range(2000)]
+        assert abs(np.mean(got) - mean) < 0.25, mode
+
+
+def _cand(key, score, latency=70.0, feasible=True):
+    return Candidate(key=key, genome=[0], config=key, feasible=feasible, latency_ms=latency,
+                     score=score)
+
+
+def test_parent_selection_on_hand_made_populations():
+    space = window_ratio_space(SWIN_T, CANDS)
+    old = [_cand('p1', 9.0), _cand('p2', 8.0)]
+    # the generation just drawn, in draw order: c is drawn twice, d and e tie
+    pop = [_cand('a', 1.0), _cand('c', 5.0), _cand('d', 3.0), _cand('c', 5.0), _cand('e', 3.0)]
+
+    def select(selection, parents=3):
+        settings = SearchSettings(population_size=5, parents=parents, selection=selection)
+        return [c.key for c in _search(Fake(space), settings).select_parents(old, pop)]
+
+    # SparseViT: the best of the generation only (the better old parents are gone), repeats
+    # count as often as drawn, ties in draw order
+    assert select('population') == ['c', 'c', 'd']
+    assert select('population', parents=4) == ['c', 'c', 'd', 'e']
+    # elitist: the best distinct candidates among the old parents and the generation
+    assert select('elitist') == ['p1', 'p2', 'c']
+    # a generation without a feasible draw keeps the parents
+    search = _search(Fake(space), SearchSettings(population_size=5, parents=3))
+    assert search.select_parents(old, []) == old
+
+
+def test_population_holds_repeats_and_crossover_takes_two_different_parents():
+    space = keep_ratio_space(1, [1.0, 0.5])  # two genomes in all
+    for selection, size in (('population', 4), ('elitist', 2)):
+        fake = Fake(space)
+        fake.latency, fake.score = (lambda g: 70.0), (lambda g: float(g[0]))
+        history = []
+        _search(fake, SearchSettings(population_size=4, parents=2, iterations=2,
+                                     max_random_trials=50, max_trials_per_iteration=50,
+                                     selection=selection),
+                on_iteration=history.append).run()
+        # SparseViT appends every feasible draw to the population, repeats (cache hits) included
+        assert [h['population'] for h in history] == [size] * 3, selection
+    search = _search(Fake(space), SearchSettings(population_size=4, parents=3))
+    parents = [_cand('x', 3.0), _cand('y', 2.0), _cand('z', 1.0)]
+    for _ in range(200):
+        a, b = search._pair(parents)
+        assert a is not b
+    assert search._pair(parents[:1]) == (parents[0], parents[0])
+
+
+def test_the_budget_is_draws_and_a_longer_one_replays_the_shorter():
+    space = window_ratio_space(SWIN_T, CANDS)
+    settings = SearchSettings(population_size=8, parents=3, mutation_prob=0.2, max_draws=60,
+                              seed=3)
+    short = _search(Fake(space), settings)
+    res = short.run()
+    # 60 draws in all (random phase, infeasible draws and repeats included), then it stops
+    assert res.trials == 60 == res.evaluated + res.cache_hits
+    assert res.best.key == rank_candidates(list(short.cache.values()))[0].key
+    assert len(res.history) >= 2 and res.history[-1]['trials'] == 60
+    # a rerun with a larger budget and the first run's results: the same draws first, nothing
+    # assessed again, the same search as one run with that budget
+    more = SearchSettings(**dict(settings.to_dict(), max_draws=150))
+    fake = Fake(space)
+    longer = _search(fake, more, cache=dict(short.cache))
+    res2 = longer.run()
+    assert res2.trials == 150 and res2.evaluated == len(longer.cache) - len(short.cache)
+    assert not {tuple(c.genome) for c in short.cache.values()} & set(fake.latency_calls)
+    full = _search(Fake(space), more)
+    ref = full.run()
+    assert list(longer.cache) == list(full.cache) and res2.best.key == ref.best.key
+    assert [h['best_key'] for h in res2.history] == [h['best_key'] for h in ref.history]
+    # iterations and max_draws: whichever comes first
+    capped = _search(Fake(space), SearchSettings(**dict(settings.to_dict(), max_draws=10000,
+                                                        iterations=2))).run()
+    assert [h['generation'] for h in capped.history] == [0, 1, 2] and capped.trials < 10000
+
+
+def test_default_settings_are_sparsevits_searcher():
+    s = SearchSettings.from_dict(None)
+    assert (s.population_size, s.parents, s.mutation_prob, s.max_draws, s.iterations) == \
+        (100, 25, 0.1, 10000, None)
+    assert (s.selection, s.mutation, s.num_mutations) == ('population', 'sample', 50)
+    assert s.random_trials is None and s.trials_per_iteration is None  # only max_draws limits
+    for cfg, msg in [(dict(selection='best'), r"search_cfg.selection must be one of "
+                      r"'population', 'elitist', got 'best'"),
+                     (dict(mutation='uniform'), 'search_cfg.mutation must be one of'),
+                     (dict(max_draws=0), 'search_cfg.max_draws'),
+                     (dict(max_draws=None), 'search_cfg.max_draws and search_cfg.iterations '
+                      'are both None: the search would never end')]:
+        with pytest.raises(SearchSettingsError, match=msg):
+            SearchSettings.from_dict(cfg)
+    unbounded = SearchSettings.from_dict(dict(max_draws=None, iterations=3))
+    assert unbounded.max_draws is None and unbounded.random_trials == 2000
 
 
 # ------------------------------------------------------------------ latency table

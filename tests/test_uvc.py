@@ -90,8 +90,11 @@ def test_dense_resource_equals_traced_flops_and_mmpretrain_weights_load():
         torch.testing.assert_close(model(x, mode='tensor'), dense(x, mode='tensor'))
 
 
-def hand_step(model, scores, budget, lrs):
-    """The expected architecture and dual updates of one step, computed by hand (loops)."""
+def hand_step(model, scores, budget, lrs, removed_head_dims='excluded'):
+    """The expected architecture and dual updates of one step, computed by hand (loops).
+
+    ``removed_head_dims='included'`` (the original): removed heads' dims count in the least
+    sums (their r gradient and the ascent of p), with no resource gradient."""
     bb = model.backbone
     c = model.cost
     n, cc, hd, H = c.num_tokens, c.embed_dims, c.head_dims, c.num_heads
@@ -128,9 +131,10 @@ def hand_step(model, scores, budget, lrs):
         for h in range(H):
             ds = sorted(dim_s[l][h])
             kd = math.ceil(r[l][h])
-            ls_d = sum(ds[:kd]) if kept[h] else 0.0
-            g_d = (p[l][h] * ds[min(kd, hd - 1)] - z * (2 * n * cc + n * n) / dense) \
-                if kept[h] else 0.0
+            counted = kept[h] or removed_head_dims == 'included'
+            ls_d = sum(ds[:kd]) if counted else 0.0
+            g_d = (p[l][h] * ds[min(kd, hd - 1)] if counted else 0.0) \
+                - (z * (2 * n * cc + n * n) / dense if kept[h] else 0.0)
             row_r.append(min(max(r[l][h] - lrs['arch'] * g_d, 0), hd - 1))
             row_p.append(max(p[l][h] + lrs['duals'] * ls_d, 0))
         new['arch_dims'].append(row_r)
@@ -140,8 +144,10 @@ def hand_step(model, scores, budget, lrs):
     return new, flops
 
 
-def test_one_primal_dual_step_hand_computed():
-    model = build(backbone=dict(block_gating=None), arch_grad_clip=1e9, dual_init=0.0)
+@pytest.mark.parametrize('removed_head_dims', ['excluded', 'included'])
+def test_one_primal_dual_step_hand_computed(removed_head_dims):
+    model = build(backbone=dict(block_gating=None), arch_grad_clip=1e9, dual_init=0.0,
+                  removed_head_dims=removed_head_dims)
     bb = model.backbone
     with torch.no_grad():
         bb.arch_heads.copy_(torch.tensor([0.5, 0.0, 1.0 - 1e-8]))
@@ -156,7 +162,7 @@ def test_one_primal_dual_step_hand_computed():
                flops_dual=lrs['flops_dual'])
     weights = {k: v.clone() for k, v in model.state_dict().items() if 'layers' in k}
     scores = [t.tolist() for t in bb.group_scores()]
-    expected, flops = hand_step(model, scores, 0.5, lrs)
+    expected, flops = hand_step(model, scores, 0.5, lrs, removed_head_dims)
     model.train()
     model.train_step(batch(), ow)
     for name in ('arch_heads', 'arch_neurons', 'arch_dims'):
@@ -196,6 +202,115 @@ def test_proximal_step_shrinks_removed_groups():
         torch.testing.assert_close(layer.attn.proj.weight.detach(), proj[i] * col)
         neuron_f = torch.where(masks.neurons[i], 1.0, 1 / (1 + 2 * lr * 3.0))
         torch.testing.assert_close(layer.ffn.layers[1].weight.detach(), fc2[i] * neuron_f)
+
+
+def test_proximal_step_of_removed_heads_dims_included_as_the_original():
+    # the original's prox_w: every head's ceil(r) lowest proj columns / (1 + 2 lr p), then a
+    # removed head's whole columns / (1 + 2 lr y): its lowest dims get both factors
+    model = build(backbone=dict(block_gating=None), removed_head_dims='included')
+    bb = model.backbone
+    with torch.no_grad():
+        bb.arch_heads.fill_(1.0)
+        bb.arch_dims.copy_(torch.tensor([[2.0, 3.0], [0.0, 1.0], [5.0, 0.5]]))
+        model.dual_heads.fill_(1.0)
+        model.dual_dims.fill_(2.0)
+    masks = bb.compute_masks()
+    proj = [layer.attn.proj.weight.detach().clone() for layer in bb.layers]
+    lr = 0.01
+    model.primal_dual.shrink_removed(bb, model.duals, masks, lr)
+    r = [[2, 3], [0, 1], [5, 1]]  # ceil
+    for i, layer in enumerate(bb.layers):
+        col = torch.ones(32)
+        for h in range(2):
+            cols = proj[i][:, h * 16:(h + 1) * 16].pow(2).sum(0)
+            lowest = torch.sort(cols, stable=True).indices[:r[i][h]]
+            col[h * 16 + lowest] /= 1 + 2 * lr * 2.0  # kept and removed heads alike
+            if not masks.heads[i, h]:
+                col[h * 16:(h + 1) * 16] /= 1 + 2 * lr * 1.0
+        assert not masks.heads[i].all()  # one head removed per block
+        torch.testing.assert_close(layer.attn.proj.weight.detach(), proj[i] * col)
+
+
+def test_arch_gradient_clipped_jointly_for_heads_and_neurons_as_the_original():
+    # the original: clip_grad_norm_(s, 1.0, inf) on s = [heads, neurons] (L, 2), one scale;
+    # r on its own. Hand-computed with the arch SGD at lr 1 from the middle of the box.
+    grads = (torch.tensor([3.0, -1.0, 0.5]), torch.tensor([0.2, 0.1, -0.4]),
+             torch.tensor([[0.5, -2.0], [0.1, 0.0], [1.0, 0.25]]))
+    # the largest |component| each tensor is clipped by: heads and neurons share one when joint
+    clip = dict(joint=(3.0, 3.0, 2.0), per_tensor=(3.0, 0.4, 2.0))
+    for mode, maxima in clip.items():
+        model = build(backbone=dict(block_gating=None), arch_grad_clip=1.0,
+                      arch_grad_clip_joint=mode == 'joint')
+        bb = model.backbone
+        start = (torch.full((3, ), 0.5), torch.full((3, ), 30.0), torch.full((3, 2), 7.0))
+        params = [bb.arch_heads, bb.arch_neurons, bb.arch_dims]
+        with torch.no_grad():
+            for p, x in zip(params, start):
+                p.copy_(x)
+        model.primal_dual._arch_step(bb, params, grads, optim(model, arch=1.0)['arch'])
+        for p, x, g, m in zip(params, start, grads, maxima):
+            scale = min(1.0, 1.0 / (m + 1e-6))  # max_norm / (norm + 1e-6), as torch's clip
+            torch.testing.assert_close(p.detach(), (x - scale * g).clamp(min=0.0), msg=mode)
+
+
+def test_gate_step_original_weights_by_position_hand_computed():
+    # the original (uvc_optimizer.py): gating_grad_list.append(g * (global_step % interval)),
+    # then SGD on the list's mean every interval steps: here the i-th gradient weighs i
+    for gate_step, weights in (('uniform', (1, 1, 1)), ('original', (0, 1, 2))):
+        model = build(backbone=dict(block_gating='soft_l0'), gating_interval=3,
+                      gate_step=gate_step)
+        bb = model.backbone
+        wrapper = optim(model, gates=0.1)['gates']  # SGD lr 0.1, no momentum
+        start = bb.block_gates.detach().clone()
+        gs = [torch.full((3, 2), v) * torch.tensor([1.0, -2.0]) for v in (1.0, 3.0, 5.0)]
+        zero = torch.zeros(3, 2)
+        for g in gs:
+            bb.block_gates.grad = g.clone()
+            model.primal_dual._gate_step(bb, model.duals, zero, wrapper)
+        mean = sum(w * g for w, g in zip(weights, gs)) / 3
+        torch.testing.assert_close(bb.block_gates.detach(), start - 0.1 * mean, msg=gate_step)
+    # a steady gradient over the original's interval of 50: 24.5 times the uniform step,
+    # i.e. glr 0.1 acts as 2.45
+    model = build(backbone=dict(block_gating='soft_l0'), gate_step='original')
+    bb = model.backbone
+    wrapper = optim(model, gates=0.1)['gates']
+    start = bb.block_gates.detach().clone()
+    for _ in range(50):
+        bb.block_gates.grad = torch.ones(3, 2)
+        model.primal_dual._gate_step(bb, model.duals, torch.zeros(3, 2), wrapper)
+    torch.testing.assert_close(bb.block_gates.detach(), start - 2.45)
+
+
+def test_gate_step_original_also_trains_the_gates_with_the_weights_adamw():
+    import copy
+    lr, wd = 0.01, 0.05
+    model = build(backbone=dict(block_gating='soft_l0'), gate_step='original',
+                  gating_interval=10)
+    cfg = dict(weights=dict(optimizer=dict(type='AdamW', lr=lr, weight_decay=wd),
+                            clip_grad=dict(max_norm=1e9)))
+    ow = UVCOptimWrapperConstructor(cfg)(model)
+    owner = [k for k, w in ow.items() for g in w.optimizer.param_groups
+             if any(p is model.backbone.block_gates for p in g['params'])]
+    assert sorted(owner) == ['gates', 'weights']
+    # the gates' task gradient, from a copy (soft-L0 gates and no dropout: deterministic)
+    ref = copy.deepcopy(model)
+    ref.train()
+    data = ref.data_preprocessor(batch(), True)
+    loss, _ = ref.parse_losses(ref._run_forward(data, mode='loss'))
+    loss.backward()
+    g = ref.backbone.block_gates.grad.clone()
+    start = model.backbone.block_gates.detach().clone()
+    model.train()
+    model.train_step(batch(), ow)  # no gate SGD step yet (interval 10)
+    # AdamW's first step: decoupled decay, then lr * m / (sqrt(v) + eps) with m = g, v = g^2
+    expected = start * (1 - lr * wd) - lr * g / (g.abs() + 1e-8)
+    torch.testing.assert_close(model.backbone.block_gates.detach(), expected)
+    assert int(model.gate_grad_count) == 1 and model.gate_grad_sum.abs().sum() == 0  # weight 0
+    # the default: the gates are the gates optimizer's only
+    plain = build(backbone=dict(block_gating='soft_l0'))
+    ow = optim(plain)
+    assert not any(p is plain.backbone.block_gates for g in ow['weights'].optimizer.param_groups
+                   for p in g['params'])
 
 
 def test_duals_stay_nonnegative_and_warmup_freezes_the_search():
@@ -540,9 +655,10 @@ def test_amp_scales_the_weights_loss_only(monkeypatch):
                                         duals=dict(type='AmpOptimWrapper',
                                                    optimizer=dict(type='SGD', lr=0.))))
 
-    def gate_task_grad(amp: bool):
-        model = build(backbone=dict(block_gating='soft_l0'), gating_interval=2,
-                      gating_weight=0.0)  # the gates' gradient is the task gradient alone
+    def gate_task_grad(amp: bool, gate_step: str = 'uniform'):
+        model = build(backbone=dict(block_gating='soft_l0'), gating_interval=3,
+                      gating_weight=0.0,  # the gates' gradient is the task gradient alone
+                      gate_step=gate_step)
         ow = optim(model)
         if amp:
             weights = UVCOptimWrapperConstructor(dict(weights=dict(
@@ -550,13 +666,18 @@ def test_amp_scales_the_weights_loss_only(monkeypatch):
             weights.loss_scaler = torch.amp.GradScaler('cpu', init_scale=1024.0)
             ow = OptimWrapperDict(**{**dict(ow.items()), 'weights': weights})
         model.train()
-        model.train_step(batch(), ow)
+        # gate_step='original': the first gradient of an interval weighs 0, take the second
+        for _ in range(1 if gate_step == 'uniform' else 2):
+            model.train_step(batch(), ow)
         return model.gate_grad_sum.clone()
 
-    plain, scaled = gate_task_grad(False), gate_task_grad(True)
-    assert plain.abs().sum() > 0
-    # bfloat16 autocast on CPU changes the gradient a little; an unscaled one would be 1024x
-    torch.testing.assert_close(scaled, plain, rtol=0.1, atol=1e-4 * plain.abs().max().item())
+    # 'original': the gates are in the AmpOptimWrapper too, whose scaler unscales them once
+    for gate_step in ('uniform', 'original'):
+        plain, scaled = gate_task_grad(False, gate_step), gate_task_grad(True, gate_step)
+        assert plain.abs().sum() > 0
+        # bfloat16 autocast on CPU changes the gradient a little; an unscaled one would be 1024x
+        torch.testing.assert_close(scaled, plain, rtol=0.1,
+                                   atol=1e-4 * plain.abs().max().item(), msg=gate_step)
 
 
 # ---- the command lines: train, resume, stage 2, compaction, test -------------------------------
@@ -655,6 +776,56 @@ def test_stage2_compaction_test_and_compact_tool(stage1_runs):
     proc = run_tool('tools/compact.py', REPO / 'configs/vit/vit-tiny-p4_fashion-mnist.py',
                     s2 / 'epoch_1.pth', '--out', tmp / 'x', '--method', 'uvc')
     assert proc.returncode == 2 and 'UVCClassifier' in proc.stderr
+
+
+def test_pick_closest_epoch_prefers_not_above_the_budget():
+    from mmsparse.engine.uvc_hooks import pick_closest_epoch
+    assert pick_closest_epoch({1: 1.0, 2: 0.52, 3: 0.49, 4: 0.45}, 0.5) == 3  # below wins
+    assert pick_closest_epoch({1: 1.0, 2: 0.5, 3: 0.5}, 0.5) == 3  # at the budget, the later
+    assert pick_closest_epoch({1: 1.0, 2: 0.56, 3: 0.53, 4: 0.53}, 0.5) == 4  # all above
+    with pytest.raises(ValueError, match='no epochs'):
+        pick_closest_epoch({}, 0.5)
+
+
+def test_stage2_starts_from_the_stage1_epoch_closest_to_the_budget(stage1_runs):
+    import re
+    from types import SimpleNamespace
+
+    from mmengine.config import Config
+
+    from mmsparse.engine.uvc_hooks import (UVCClosestEpochHook, pick_closest_epoch,
+                                           stage1_epoch_flops)
+    tmp, full = stage1_runs['tmp'], stage1_runs['full']
+    # UVCHook's per-epoch real FLOPs travel in each epoch's checkpoint
+    flops = stage1_epoch_flops(str(full))
+    assert sorted(flops) == [1, 2]
+    logged = re.findall(r'UVC epoch (\d+): FLOPs expected [\d.]+ %, real ([\d.]+) %',
+                        stage1_runs['log_full'])
+    assert {int(e) + 1: float(f) for e, f in logged} == {
+        e: pytest.approx(f * 100, abs=0.006) for e, (_, f) in flops.items()}
+    epoch = pick_closest_epoch({e: f for e, (_, f) in flops.items()}, 0.5)
+    cfg = tmp / 'stage2_closest.py'
+    cfg.write_text("_base_ = ['./stage2.py']\nload_from = None\ncustom_hooks = ["
+                   f"dict(type='UVCClosestEpochHook', stage1_work_dir={str(full)!r}), "
+                   "dict(type='UVCHook')]\n")
+    s2 = tmp / 's2_closest'
+    proc = ok(run_tool('tools/train.py', cfg, '--work-dir', s2))
+    assert f'budget 50.0 %: starting from epoch {epoch} ' in proc.stdout + proc.stderr
+    # the fixed architecture of stage 2 is the picked epoch's
+    a = load_checkpoint_file(str(full / f'epoch_{epoch}.pth'), map_location='cpu')['state_dict']
+    b = load_checkpoint_file(str(s2 / 'epoch_1.pth'), map_location='cpu')['state_dict']
+    masks = [k for k in a if k.startswith('backbone.mask_')]
+    assert len(masks) == 4
+    for k in masks:
+        assert torch.equal(a[k], b[k]), k
+    # bad input: with load_from set, or a dir without stage-1 checkpoints
+    hook = UVCClosestEpochHook(str(full))
+    with pytest.raises(ConfigError, match='load_from must be None'):
+        hook.before_run(SimpleNamespace(cfg=Config(dict(load_from='x.pth'))))
+    with pytest.raises(ConfigError, match='stage1_work_dir: no epoch'):
+        stage1_epoch_flops(str(tmp / 'nothing'))
+    with pytest.raises(ConfigError, match='stage1_work_dir'):
+        UVCClosestEpochHook('')
 
 
 @pytest.mark.parametrize('wrapper', ['mmsparse.UVCDistributedDataParallel',

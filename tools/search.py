@@ -24,8 +24,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__.splitlines()[0],
         epilog='Search settings come from the config\'s search_cfg = dict(population_size=100, '
-               'parents=25, mutation_prob=0.1, iterations=100, seed=0, candidates=None, ...); '
-               'the flags below override them.')
+               'parents=25, mutation_prob=0.1, max_draws=10000, iterations=None, '
+               "selection='population', mutation='sample', seed=0, candidates=None, ...): "
+               'SparseViT\'s searcher; the flags below override them.')
     parser.add_argument('config', help='config file path (its model.backbone is searched)')
     parser.add_argument('checkpoint', help="weights to evaluate (e.g. the SAA checkpoint), or "
                         "'none' to use the config's initial weights (scores are then only "
@@ -65,7 +66,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     evo.add_argument('--population-size', type=int)
     evo.add_argument('--parents', type=int)
     evo.add_argument('--mutation-prob', type=float)
-    evo.add_argument('--iterations', type=int, help='generations after the random one')
+    evo.add_argument('--iterations', type=int, help='generations after the random one (at most)')
+    evo.add_argument('--max-draws', type=int,
+                     help='candidates drawn in all, random phase, infeasible draws and repeats '
+                     'included (SparseViT: 10000)')
     evo.add_argument('--seed', type=int)
     evo.add_argument('--candidates', type=float, nargs='+',
                      help='ratios a gene may take (default: the SAA hook\'s, else 0, 0.1, .., 0.8;'

@@ -7,5 +7,9 @@
 # (step 3, like ..._cfg1/2/3_coco.py). Candidates: the SAA hook's ({0, 0.1, ..., 0.8}).
 _base_ = ['./mask-rcnn_sparsevit-swin-t_saa_coco.py']
 
-search_cfg = dict(population_size=100, parents=25, mutation_prob=0.1, iterations=100, seed=0,
-                  img_size=672, metric='coco/bbox_mAP')
+# The original's EvolveSearcher and budget (its tools/search.py): 10,000 draws in all (random phase,
+# infeasible draws and repeats included; as many generations of 100 feasible draws as that allows),
+# parents = the 25 best of the generation just drawn, mutation from a fresh sorted sample.
+search_cfg = dict(population_size=100, parents=25, mutation_prob=0.1, max_draws=10000,
+                  iterations=None, selection='population', mutation='sample', mutation_share=0.5,
+                  seed=0, img_size=672, metric='coco/bbox_mAP')

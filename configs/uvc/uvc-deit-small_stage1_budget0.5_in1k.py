@@ -27,7 +27,12 @@ model = dict(
     gating_weight=5e-4,
     gating_interval=50,
     dual_init=1e-3,
+    # the original's gate step: the i-th gate gradient of an interval weighted by i
+    # (global_step % 50), and the gates also in the weights' AdamW
+    gate_step='original',
     arch_grad_clip=1.0,
+    arch_grad_clip_joint=True,  # heads + neurons clipped as one tensor (the original's s)
+    removed_head_dims='included',  # every head's lowest dims shrink by p, removed heads' too
     resource_clip=0.5,  # the original's z_grad_clip
     backbone=dict(
         type='mmsparse.UVCVisionTransformer',
@@ -58,13 +63,11 @@ train_dataloader = dict(batch_size=512, dataset=dict(pipeline=train_pipeline))
 optim_wrapper = dict(
     _delete_=True,
     constructor='UVCOptimWrapperConstructor',
+    # the original: AdamW(model.parameters(), weight_decay=0.05), i.e. weight decay on every
+    # parameter (norms, biases, cls_token, pos_embed, patch and block gates included)
     weights=dict(
         optimizer=dict(type='AdamW', lr=1e-4, weight_decay=0.05, eps=1e-8, betas=(0.9, 0.999)),
-        clip_grad=dict(max_norm=1.0),
-        paramwise_cfg=dict(norm_decay_mult=0.0, bias_decay_mult=0.0,
-                           custom_keys={'.cls_token': dict(decay_mult=0.0),
-                                        '.pos_embed': dict(decay_mult=0.0),
-                                        '.patch_gates': dict(decay_mult=0.0)})),
+        clip_grad=dict(max_norm=1.0)),
     arch=dict(optimizer=dict(type='SGD', lr=0.02)),  # slr = rlr
     gates=dict(optimizer=dict(type='SGD', lr=0.1, momentum=0.9, weight_decay=1e-4)),  # glr
     duals=dict(optimizer=dict(type='SGD', lr=1e-4)),  # ylr = plr

@@ -11,6 +11,14 @@ _base_ = ['./uvc-deit-small_stage1_budget0.5_in1k.py']
 
 max_epochs = 120
 model = dict(backbone=dict(mode='fixed', patch_gating=False, warmup_block_keep=1.0))
+# stage 1's last epoch: the end-of-search projection (UVCHook project_at_end) put its real FLOPs
+# at or below the budget. The original starts from a stage-1 epoch picked by hand whose FLOPs
+# matched the budget; to pick the epoch whose real FLOPs are closest to the budget (preferably
+# not above it) instead:
+#   load_from = None
+#   custom_hooks = [dict(type='UVCClosestEpochHook',
+#                        stage1_work_dir='work_dirs/uvc-deit-small_stage1_budget0.5_in1k'),
+#                   dict(type='UVCHook'), dict(type='UVCCompactHook')]
 load_from = 'work_dirs/uvc-deit-small_stage1_budget0.5_in1k/epoch_30.pth'
 
 train_dataloader = dict(batch_size=256)

@@ -5,7 +5,8 @@
 ``arch`` (``arch_heads``, ``arch_neurons``, ``arch_dims``; plain SGD), ``gates`` (``block_gates``;
 SGD with momentum), ``duals`` (``dual_heads``, ``dual_neurons``, ``dual_dims``; SGD used for
 ascent) and ``flops_dual`` (``dual_flops``; SGD used for ascent). Every parameter is in exactly
-one of them. Each entry is an ordinary optim-wrapper config (``type``, ``optimizer``,
+one of them, except the block gates with the model's ``gate_step='original'``: they are in
+``weights`` too (the original's AdamW covers every model parameter). Each entry is an ordinary optim-wrapper config (``type``, ``optimizer``,
 ``clip_grad``, ``paramwise_cfg`` with ``custom_keys`` matched against the full parameter names,
 e.g. ``'backbone.arch_neurons': dict(lr_mult=10.)``); entries left out take the original
 recipe's defaults (:data:`UVC_DEFAULT_OPTIMIZERS`).
@@ -150,12 +151,14 @@ class UVCOptimWrapperConstructor:
                               "'search'); a fixed architecture trains with one optimizer")
         groups = module.arch_parameters()
         others = [p for key in ('arch', 'gates', 'duals', 'flops_dual') for p in groups[key]]
+        shared = {id(p) for p in module.shared_parameters()}
+        not_weights = [p for p in others if id(p) not in shared]
         wrappers = {}
         for key, sub in self.cfgs.items():
             sub = copy.deepcopy(sub)
             paramwise = sub.pop('paramwise_cfg', None)
             if key == 'weights':
-                ctor = _SubsetConstructor(sub, paramwise, others, False, others)
+                ctor = _SubsetConstructor(sub, paramwise, not_weights, False, others)
             else:
                 if not groups[key]:
                     continue  # no block gating: no gates optimizer

@@ -94,8 +94,9 @@ class DynamicViTPredictor(BaseModule):
             (B, N) scores.
         """
         last = self.out_conv[4]
-        return F.linear(self._hidden(x), last.weight[0] - last.weight[1],
-                        last.bias[0] - last.bias[1])
+        # a (1, C/4) weight, not a (C/4,) one: ONNX export has no linear with a 1-d weight
+        w = (last.weight[0] - last.weight[1]).unsqueeze(0)
+        return F.linear(self._hidden(x), w, (last.bias[0] - last.bias[1]).unsqueeze(0))[..., 0]
 
     def _hidden(self, x: Tensor, policy: Optional[Tensor] = None) -> Tensor:
         """(B, N, C/4): ``out_conv`` up to its last linear layer, on local + global features."""
@@ -142,8 +143,11 @@ class DynamicVisionTransformer(VisionTransformer):
         freeze_cls_pos: give ``cls_token`` and ``pos_embed`` ``requires_grad=False`` (the
             original excludes them from the optimizer).
         gumbel_tau: Gumbel-softmax temperature (original: 1).
-        policy_max_gap: the policy-gradient clip of the masked attention (see
-            :func:`~mmsparse.ops.tokens.softmax_with_policy`); ~14 approximates the original.
+        policy_max_gap: the masked attention's softmax (see
+            :func:`~mmsparse.ops.tokens.softmax_with_policy`): None (default) is the original's
+            formula (shift by the maximum over all keys; values and gradients as the original);
+            a number >= 0 shifts by the maximum over the kept keys and caps the policy gradient
+            of dropped keys above them at that gap.
         **kwargs: the other ``VisionTransformer`` arguments. ``out_type`` may be 'cls_token',
             'raw' or 'avg_featmap' (a 'featmap' grid does not exist once tokens are dropped).
     """
@@ -157,7 +161,7 @@ class DynamicVisionTransformer(VisionTransformer):
                  pruning_loc: Sequence[int] = (3, 6, 9), keep_rate: float = 0.7,
                  keep_ratios: Optional[Sequence[float]] = None, selector: str = 'predictor',
                  freeze_cls_pos: bool = True, gumbel_tau: float = 1.0,
-                 policy_max_gap: float = 0.0, **kwargs) -> None:
+                 policy_max_gap: Optional[float] = None, **kwargs) -> None:
         out_type = kwargs.get('out_type', 'cls_token')
         if out_type not in self.OUT_TYPES:
             _BACKBONE.fail('out_type', f'must be one of {sorted(self.OUT_TYPES)} for '
@@ -168,7 +172,9 @@ class DynamicVisionTransformer(VisionTransformer):
                           'token that is always kept)')
         _BACKBONE.choice('selector', selector, self.SELECTORS)
         _BACKBONE.number('gumbel_tau', gumbel_tau, 0, low_open=True)
-        _BACKBONE.number('policy_max_gap', policy_max_gap, 0)
+        if policy_max_gap is not None:
+            _BACKBONE.number('policy_max_gap', policy_max_gap, 0)
+            policy_max_gap = float(policy_max_gap)
         super().__init__(arch=arch, **kwargs)
         self.pruning_loc = self._check_pruning_loc(pruning_loc, self.num_layers)
         self.keep_rate = keep_rate
@@ -184,11 +190,13 @@ class DynamicVisionTransformer(VisionTransformer):
                               f'locations') from None
         self.selector = selector
         self.gumbel_tau = gumbel_tau
+        # None, or the kept_indices of the last inference forward (record_kept_tokens)
+        self.kept_tokens: Optional[List[Tensor]] = None
 
         # the encoder layers again, as mmsparse's layer (same arguments and keys), which takes
         # a keep policy
         self.layers = ModuleList([EncoderLayer(**cfg) for cfg in vit_layer_cfgs(
-            self, kwargs, policy_max_gap=[float(policy_max_gap)] * self.num_layers)])
+            self, kwargs, policy_max_gap=[policy_max_gap] * self.num_layers)])
         if self.frozen_stages > 0:
             self._freeze_stages()
         self.predictors = ModuleList(
@@ -224,6 +232,12 @@ class DynamicVisionTransformer(VisionTransformer):
         _BACKBONE.require('keep_ratios', ok, f'must be {num_stages} non-increasing values in '
                           f'(0, 1] (one per pruning_loc), got {keep_ratios!r}')
         return [float(r) for r in ratios]
+
+    def record_kept_tokens(self, enabled: bool = True) -> None:
+        """Keep, after each inference forward, :attr:`kept_tokens`: ``aux['kept_indices']`` of
+        :meth:`forward_with_aux`, one (B, K_k) tensor per stage (e.g. for the kept-token check of
+        an ONNX export, whose graph runs ``forward``)."""
+        self.kept_tokens = [] if enabled else None
 
     def train(self, mode: bool = True) -> 'DynamicVisionTransformer':
         super().train(mode)  # mmpretrain's BaseBackbone.train returns None
@@ -277,6 +291,8 @@ class DynamicVisionTransformer(VisionTransformer):
             if i in self.out_indices:
                 outs.append(self._format(x, decision))
         aux = dict(tokens=x, decisions=decisions, kept_indices=kept)
+        if not masked and self.kept_tokens is not None:
+            self.kept_tokens = list(kept)
         return tuple(outs), aux
 
     def _train_decision(self, stage: int, x: Tensor, prev: Optional[Tensor],

@@ -2,7 +2,7 @@
 ``train_step`` (see :mod:`mmsparse.models.uvc` for the gated backbone and the names used,
 :mod:`mmsparse.models.uvc_primal_dual` for the primal-dual step)."""
 import copy
-from typing import Dict, Optional, Union
+from typing import Dict, List, Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -62,7 +62,7 @@ class UVCClassifier(FrozenTeacherMixin, ImageClassifier):
 
     **Search mode** (backbone ``mode='search'``, stage 1): :meth:`train_step` needs an
     ``OptimWrapperDict`` with the keys ``weights`` (AdamW over the network weights and patch
-    gates), ``arch`` (SGD over ``arch_heads``, ``arch_neurons``, ``arch_dims``), ``gates`` (SGD
+    gates; with ``gate_step='original'`` the block gates too), ``arch`` (SGD over ``arch_heads``, ``arch_neurons``, ``arch_dims``), ``gates`` (SGD
     over ``block_gates``; only with block gating), ``duals`` (SGD ascent over ``dual_heads``,
     ``dual_neurons``, ``dual_dims``) and ``flops_dual`` (SGD ascent over ``dual_flops``), as built
     by :class:`mmsparse.engine.UVCOptimWrapperConstructor`. One step: 1. task loss -> backward
@@ -85,8 +85,9 @@ class UVCClassifier(FrozenTeacherMixin, ImageClassifier):
             saved in checkpoints as ``teacher.*``.
         distill_alpha: alpha (original 0.1); distill_tau: temperature (original 1).
         dual_init: initial y, p, z (original 1e-3).
-        gating_weight, gating_interval, arch_grad_clip, arch_precondition, score_normalize,
-            resource_penalty, resource_clip, least_sum_slope: the primal-dual step's settings
+        gating_weight, gating_interval, gate_step, arch_grad_clip, arch_grad_clip_joint,
+            arch_precondition, score_normalize, resource_penalty, resource_clip,
+            least_sum_slope, removed_head_dims: the primal-dual step's settings
             (:class:`~mmsparse.models.uvc_primal_dual.UVCPrimalDual`).
         **kwargs: ``ImageClassifier``'s ``pretrained``, ``train_cfg``, ``data_preprocessor``,
             ``init_cfg``.
@@ -105,7 +106,8 @@ class UVCClassifier(FrozenTeacherMixin, ImageClassifier):
                  arch_grad_clip: float = 1.0, arch_precondition: str = 'none',
                  score_normalize: str = 'none', resource_penalty: float = 0.0,
                  resource_clip: Optional[float] = None, least_sum_slope: str = 'next',
-                 **kwargs) -> None:
+                 gate_step: str = 'uniform', arch_grad_clip_joint: bool = False,
+                 removed_head_dims: str = 'excluded', **kwargs) -> None:
         _check_args(budget, warmup_epochs, distill_alpha, distill_tau, dual_init, neck)
         backbone_cfg = copy.deepcopy(backbone) if isinstance(backbone, dict) else None
         head_cfg = copy.deepcopy(head) if isinstance(head, dict) else None
@@ -123,7 +125,9 @@ class UVCClassifier(FrozenTeacherMixin, ImageClassifier):
             self.cost, budget, gating_weight=gating_weight, gating_interval=gating_interval,
             arch_grad_clip=arch_grad_clip, arch_precondition=arch_precondition,
             score_normalize=score_normalize, resource_penalty=resource_penalty,
-            resource_clip=resource_clip, least_sum_slope=least_sum_slope)
+            resource_clip=resource_clip, least_sum_slope=least_sum_slope,
+            gate_step=gate_step, arch_grad_clip_joint=arch_grad_clip_joint,
+            removed_head_dims=removed_head_dims)
         L, H = bb.num_layers, bb.num_heads
         self.dual_heads = nn.Parameter(torch.full((L, ), float(dual_init)), requires_grad=False)
         self.dual_neurons = nn.Parameter(torch.full((L, ), float(dual_init)),
@@ -159,13 +163,21 @@ class UVCClassifier(FrozenTeacherMixin, ImageClassifier):
         return float(sum(m.in_features * m.out_features for m in self.head.modules()
                          if isinstance(m, nn.Linear)))
 
-    def arch_parameters(self) -> Dict[str, nn.Parameter]:
+    def arch_parameters(self) -> Dict[str, List[nn.Parameter]]:
         """The parameters of each optimizer except ``weights`` (see the class docstring)."""
         bb = self.uvc_backbone
         return dict(arch=[bb.arch_heads, bb.arch_neurons, bb.arch_dims],
                     gates=[bb.block_gates] if bb.block_gating is not None else [],
                     duals=[self.dual_heads, self.dual_neurons, self.dual_dims],
                     flops_dual=[self.dual_flops])
+
+    def shared_parameters(self) -> List[nn.Parameter]:
+        """Those of :meth:`arch_parameters` that the ``weights`` optimizer trains too: the
+        block gates with ``gate_step='original'`` (the original's AdamW takes every model
+        parameter)."""
+        if self.primal_dual.gate_step == 'original':
+            return self.arch_parameters()['gates']
+        return []
 
     # ---- the teacher -------------------------------------------------------------------------
     @torch.no_grad()
@@ -279,7 +291,13 @@ class UVCClassifier(FrozenTeacherMixin, ImageClassifier):
         sync_task_gradients(bb, ow)
         if ow.should_update():
             ow.step()
+            # gate_step='original': the gates are in this optimizer too; their task gradient
+            # (clipped with the weights', unscaled by its scaler) also feeds the gate step
+            shared = self.shared_parameters()
+            kept = [p.grad for p in shared]
             ow.zero_grad()
+            for p, grad in zip(shared, kept):
+                p.grad = grad if grad is None or bool(torch.isfinite(grad).all()) else None
         # 2.-6. proximal shrinkage, architecture, gates, duals
         self.primal_dual(bb, self.duals, optim_wrapper, float(ow.get_lr()['lr'][0]))
         return self._log(log_vars, bb.warmup)

@@ -14,9 +14,11 @@ been. One step:
 3. during the warm-up epochs: stop here (architecture, gates, duals frozen);
 4. architecture gradients of ``sum y LeastSum(s, scores) + sum p LeastSum(r, scores) +
    z (FLOPs(s, r, gates) - budget)``, projected onto the box, clipped to an inf-norm of
-   ``arch_grad_clip`` per tensor, ``arch`` SGD step, clamp to the box;
+   ``arch_grad_clip`` (per tensor, or heads + neurons jointly as the original's ``s``),
+   ``arch`` SGD step, clamp to the box;
 5. block gates: task gradient + ``z * gating_weight * dFLOPs/dg``, averaged over
-   ``gating_interval`` steps, then one ``gates`` step;
+   ``gating_interval`` steps (uniformly, or weighted by the position in the interval as the
+   original does), then one ``gates`` step;
 6. dual ascent ``y += lr LeastSum``, ``p += lr LeastSum``, ``z += lr (FLOPs - budget)``,
    projected onto ``>= 0``.
 
@@ -34,17 +36,23 @@ from torch import Tensor, nn
 
 from mmsparse.errors import ConfigError
 from mmsparse.ops.uvc import (LEAST_SUM_SLOPES, UVCMasks, ViTCost, clip_inf_norm,
-                              group_flops_fractions, least_sum, project_grad, prox_factors,
-                              uvc_flops_fraction)
+                              group_flops_fractions, keep_mask_lowest, least_sum, project_grad,
+                              prox_factors, uvc_flops_fraction)
 from mmsparse.validation import Keys
 from .uvc_ddp import average_gradients
 
-__all__ = ['UVC_OPTIMIZERS', 'UVCDuals', 'UVCPrimalDual', 'check_optim_wrapper',
-           'sync_task_gradients']
+__all__ = ['UVC_OPTIMIZERS', 'GATE_STEPS', 'REMOVED_HEAD_DIMS', 'UVCDuals', 'UVCPrimalDual',
+           'check_optim_wrapper', 'sync_task_gradients']
 
 # the optimizers of a search-mode train_step: the keys of its OptimWrapperDict ('gates' only
 # with block gating), built by mmsparse.engine.UVCOptimWrapperConstructor
 UVC_OPTIMIZERS = ('weights', 'arch', 'gates', 'duals', 'flops_dual')
+# how the block gates step (UVCPrimalDual's gate_step): 'uniform' (their own SGD on the uniform
+# mean over the interval) or 'original' (position-weighted mean, and also in the weights' AdamW)
+GATE_STEPS = ('uniform', 'original')
+# whether the value dims of removed heads take part in the dims' proximal step, least sums and
+# duals (UVCPrimalDual's removed_head_dims): 'excluded' or 'included' (the original)
+REMOVED_HEAD_DIMS = ('excluded', 'included')
 Scores = Tuple[Tensor, Tensor, Tensor]
 
 
@@ -91,11 +99,13 @@ def sync_task_gradients(backbone: nn.Module, weights_wrapper) -> None:
     average_gradients`).
     """
     gates = backbone.block_gates if backbone.block_gating is not None else None
+    params = [p for g in weights_wrapper.optimizer.param_groups for p in g['params']]
+    if gates is not None and any(p is gates for p in params):
+        gates = None  # gate_step='original': the gates are the weights' (unscaled, averaged)
     scaler = getattr(weights_wrapper, 'loss_scaler', None)
     if scaler is not None and gates is not None and gates.grad is not None:
         grad = gates.grad / scaler.get_scale()  # get_scale() is 1.0 for a disabled scaler
         gates.grad = grad if bool(torch.isfinite(grad).all()) else None
-    params = [p for g in weights_wrapper.optimizer.param_groups for p in g['params']]
     average_gradients(params + ([gates] if gates is not None else []))
 
 
@@ -107,7 +117,25 @@ class UVCPrimalDual:
         budget: FLOPs budget as a fraction of the dense model.
         gating_weight: weight of the resource term in the gates' gradient (original 5e-4).
         gating_interval: gate gradients are averaged over this many steps (original 50).
-        arch_grad_clip: inf-norm clip of each architecture gradient tensor (original 1.0).
+        gate_step: 'uniform' (default): the gates are stepped only by their ``gates`` SGD, on
+            the uniform mean of the interval's gradients. 'original': the i-th gradient of an
+            interval (i = 0 .. interval - 1) is weighted by i (the original's ``global_step %
+            gating_interval``), so the mean the SGD steps is ``sum_i i g_i / interval``
+            (``(interval - 1) / 2`` = 24.5 times the uniform mean for a steady gradient), and
+            the gates are also in the weights' AdamW (stepped every iteration on their task
+            gradient, clipped with the weights'; :class:`~mmsparse.engine.
+            UVCOptimWrapperConstructor` puts them there).
+        arch_grad_clip: inf-norm clip of the architecture gradients (original 1.0).
+        arch_grad_clip_joint: False (default): each tensor (heads, neurons, value dims) is
+            clipped on its own. True (the original): heads and neurons, the original's one
+            ``s`` (L, 2) tensor, are clipped together (one scale for both, set by the larger),
+            value dims (``r``) on their own.
+        removed_head_dims: 'excluded' (default): the value dims of removed heads take no part
+            in the dims' proximal step, least sums and dual ascent (they do not exist in the
+            hard architecture). 'included' (the original): every head's ``ceil(r)`` lowest dims
+            are shrunk by ``1 + 2 lr p``, enter the least-sum penalty (the gradient of ``r``)
+            and the ascent of ``p``, removed heads' too (the resource function ignores them
+            either way).
         arch_precondition: 'none' (the original): s and r step in units of groups, so one step
             of a kind with small groups (neurons, value dims) removes far fewer FLOPs than one
             of a kind with big groups (heads). 'flops': the step is taken in FLOPs coordinates
@@ -142,9 +170,14 @@ class UVCPrimalDual:
                  gating_interval: int = 50, arch_grad_clip: float = 1.0,
                  arch_precondition: str = 'none', score_normalize: str = 'none',
                  resource_penalty: float = 0.0, resource_clip: Optional[float] = None,
-                 least_sum_slope: str = 'next') -> None:
+                 least_sum_slope: str = 'next', gate_step: str = 'uniform',
+                 arch_grad_clip_joint: bool = False,
+                 removed_head_dims: str = 'excluded') -> None:
         keys = Keys('model')
         keys.number('gating_interval', gating_interval, 1, integer=True)
+        keys.choice('gate_step', gate_step, GATE_STEPS)
+        keys.boolean('arch_grad_clip_joint', arch_grad_clip_joint)
+        keys.choice('removed_head_dims', removed_head_dims, REMOVED_HEAD_DIMS)
         keys.number('gating_weight', gating_weight, 0)
         keys.number('resource_penalty', resource_penalty, 0)
         keys.number('arch_grad_clip', arch_grad_clip, 0, low_open=True)
@@ -165,6 +198,9 @@ class UVCPrimalDual:
         self.resource_penalty = float(resource_penalty)
         self.resource_clip = resource_clip
         self.least_sum_slope = least_sum_slope
+        self.gate_step = gate_step
+        self.arch_grad_clip_joint = bool(arch_grad_clip_joint)
+        self.removed_head_dims = removed_head_dims
 
     # ---- the whole step ------------------------------------------------------------------------
     def __call__(self, backbone: nn.Module, duals: UVCDuals, optim_wrapper, lr: float) -> None:
@@ -197,7 +233,11 @@ class UVCPrimalDual:
         """Divide the weights of the removed groups by ``1 + 2 lr dual`` (step 2)."""
         L, H, hd = backbone.num_layers, backbone.num_heads, backbone.head_dims
         head_f = prox_factors(~masks.heads, duals.heads, lr)  # (L, H)
-        dim_removed = ~masks.dims & masks.heads.unsqueeze(-1)  # removed dims of kept heads
+        if self.removed_head_dims == 'included':  # every head's ceil(r) lowest dims
+            dim_removed = ~keep_mask_lowest(backbone.group_scores()[1],
+                                            backbone.removed_counts()[2])
+        else:  # removed dims of kept heads (a removed head's columns shrink by its head dual)
+            dim_removed = ~masks.dims & masks.heads.unsqueeze(-1)
         dim_f = prox_factors(dim_removed, duals.dims, lr)  # (L, H, hd)
         col_f = (head_f.unsqueeze(-1) * dim_f).reshape(L, H * hd)  # proj input columns
         neuron_f = prox_factors(~masks.neurons, duals.neurons, lr)  # (L, F)
@@ -222,7 +262,8 @@ class UVCPrimalDual:
         return dict(
             ls_heads=least_sum(s_heads, head_s, self.least_sum_slope),
             ls_neurons=least_sum(s_neurons, neuron_s, self.least_sum_slope),
-            ls_dims=least_sum(r, dim_s, self.least_sum_slope) * masks.heads.to(r.dtype),
+            ls_dims=least_sum(r, dim_s, self.least_sum_slope) * (
+                masks.heads.to(r.dtype) if self.removed_head_dims == 'excluded' else 1.0),
             flops=uvc_flops_fraction(self.cost, s_heads, s_neurons, r, masks.heads, keep))
 
     def normalized(self, scores: Scores) -> Scores:
@@ -278,11 +319,21 @@ class UVCPrimalDual:
                    grads: Tuple[Tensor, ...], arch_wrapper) -> None:
         """Step 4: projected, clipped gradient step on s and r, then back into the box."""
         bounds = backbone.bounds
-        for p, grad, name, unit in zip(params, grads, self.ARCH_NAMES, self.arch_units()):
-            grad = project_grad(grad, p.detach(), 0.0, bounds[name])
-            # 'flops' preconditioning: clip the gradient w.r.t. the FLOPs fraction u = unit * x
-            # (grad / unit) and step x by it / unit, i.e. gradient descent in FLOPs coordinates
-            p.grad = (clip_inf_norm(grad / unit, self.arch_grad_clip) / unit).to(p.dtype)
+        # 'flops' preconditioning: clip the gradient w.r.t. the FLOPs fraction u = unit * x
+        # (grad / unit) and step x by it / unit, i.e. gradient descent in FLOPs coordinates
+        units = self.arch_units()
+        scaled = [project_grad(grad, p.detach(), 0.0, bounds[name]) / unit
+                  for p, grad, name, unit in zip(params, grads, self.ARCH_NAMES, units)]
+        if self.arch_grad_clip_joint:
+            # the original's s = [heads, neurons] (L, 2) is one tensor: one scale for both,
+            # set by the larger (the head gradient, whose groups are the bigger)
+            joint = clip_inf_norm(torch.cat(scaled[:2]), self.arch_grad_clip)
+            clipped = list(joint.split([scaled[0].numel(), scaled[1].numel()]))
+            clipped.append(clip_inf_norm(scaled[2], self.arch_grad_clip))
+        else:
+            clipped = [clip_inf_norm(g, self.arch_grad_clip) for g in scaled]
+        for p, grad, unit in zip(params, clipped, units):
+            p.grad = (grad / unit).to(p.dtype)
         arch_wrapper.step()
         arch_wrapper.zero_grad()
         with torch.no_grad():
@@ -291,12 +342,17 @@ class UVCPrimalDual:
 
     def _gate_step(self, backbone: nn.Module, duals: UVCDuals, resource_grad: Tensor,
                    gates_wrapper) -> None:
-        """Step 5: task + resource gradient of the gates, averaged over the interval."""
+        """Step 5: task + resource gradient of the gates, averaged over the interval.
+
+        ``gate_step='original'``: the gradient of the i-th step of the interval (i = 0, ...)
+        is weighted by i before the mean (the count in the interval is the accumulator's).
+        """
         gates = backbone.block_gates
         grad = resource_grad.to(gates.dtype)
         if gates.grad is not None:
             grad = grad + gates.grad
-        duals.gate_grad_sum.add_(grad.detach())
+        weight = float(duals.gate_grad_count) if self.gate_step == 'original' else 1.0
+        duals.gate_grad_sum.add_(grad.detach() * weight)
         duals.gate_grad_count.add_(1)
         gates.grad = None
         if int(duals.gate_grad_count) >= self.gating_interval:

@@ -242,7 +242,7 @@ def random_keep_decision(prev_decision: Tensor, num_keep: int,
 
 # ---- computing with a policy --------------------------------------------------------------------
 def softmax_with_policy(attn: Tensor, policy: Tensor, eps: float = 1e-6,
-                        max_gap: float = 0.0) -> Tensor:
+                        max_gap: Optional[float] = 0.0) -> Tensor:
     """Attention softmax restricted to the tokens a policy keeps (DynamicViT training).
 
     With ``G_ij = p_j + (1 - p_j) * delta_ij`` (a query always attends to itself)::
@@ -250,25 +250,30 @@ def softmax_with_policy(attn: Tensor, policy: Tensor, eps: float = 1e-6,
         A_ij = (exp(a_ij - m_i) * G_ij + eps / T) / (sum_j exp(a_ij - m_i) * G_ij + eps)
 
     computed in float32. For a 0/1 policy this is the plain softmax over the kept keys (plus
-    ``eps``-sized terms). Unlike the original, ``m_i`` is the maximum over the *attended* keys
-    (not all keys), so the largest attended term is exactly 1: the denominator is >= 1, no row
-    can underflow to 0 and nothing is NaN, even when a sample drops every patch token. ``m`` is
-    a constant for autograd (the softmax does not depend on it); gradients reach ``policy``.
+    ``eps``-sized terms). Two choices of the shift ``m_i``:
 
-    Policy-gradient clip: the gradient w.r.t. ``p_j`` of a dropped key is proportional to
-    ``exp(a_ij - m_i)``, which explodes when a dropped key's logit is far above every attended
-    one (the original's global max and ``eps`` cap this factor only at ``~1/eps``). Here the
-    exponent is capped at ``max_gap``: such a key gets the policy gradient (same sign) of a key
-    ``max_gap`` above the attended maximum. Forward values do not depend on it (dropped keys get
-    0 attention either way), nor do the gradients of keys below the attended maximum. Default
-    0: at most the gradient of a key tied with the best attended one; ``log(1/eps)`` ~ 14
-    approximates the original's cap.
+    - ``max_gap=None`` (the original's ``Attention.softmax_with_policy``): ``m_i`` is the maximum
+      over *all* keys, taken in ``attn``'s dtype, and autograd runs through every operation (the
+      maximum included), so values and gradients are the original's. A dropped key's policy
+      gradient is proportional to ``exp(a_ij - m_i) / Z_i``, which reaches ``~1/eps`` when the
+      attended logits lie far below a dropped key's (``Z_i -> eps``); once they all lie more
+      than ``log(1/eps)`` (~14) below it, ``eps`` dominates ``Z_i`` and the row tends to the
+      uniform ``1/T`` on every key, dropped ones included.
+    - ``max_gap`` a number >= 0: ``m_i`` is the maximum over the *attended* keys, so the largest
+      attended term is exactly 1, the denominator is >= 1 and no row underflows (no NaN, even
+      when a sample drops every patch token; ``m`` is a constant for autograd). The exponent
+      is capped at ``max_gap``: a dropped key above the attended maximum gets the policy
+      gradient (same sign) of a key ``max_gap`` above it. Forward values do not depend on the
+      cap (dropped keys get 0 attention either way), nor do the gradients of keys below the
+      attended maximum. 0 (the default): at most the gradient of a key tied with the best
+      attended one.
 
     Args:
         attn: attention logits ``q k^T * scale``, (B, H, T, T).
         policy: keep policy of the keys, (B, T) or (B, T, 1), values in [0, 1].
         eps: numerical safety term.
-        max_gap: cap of ``a_ij - m_i`` inside the exponential (the policy-gradient clip).
+        max_gap: None (the original's global shift) or the cap of ``a_ij - m_i`` inside the
+            exponential (the policy-gradient clip).
 
     Returns:
         Attention probabilities (B, H, T, T), in ``attn``'s dtype.
@@ -277,37 +282,66 @@ def softmax_with_policy(attn: Tensor, policy: Tensor, eps: float = 1e-6,
     p = policy.reshape(B, 1, 1, T).float()
     eye = torch.eye(T, dtype=torch.float32, device=attn.device).view(1, 1, T, T)
     g = p + (1.0 - p) * eye  # (B, 1, T, T)
-    return _PolicySoftmax.apply(attn.float(), g, eps, max_gap).to(attn.dtype)
+    out = _PolicySoftmax.apply(attn, g, eps, None if max_gap is None else float(max_gap))
+    return out.to(attn.dtype)
 
 
 class _PolicySoftmax(torch.autograd.Function):
     """:func:`softmax_with_policy` with a hand-written backward (about half the memory passes of
-    autograd through the elementwise ops; the same values and gradients).
+    autograd through the elementwise ops; the same values and gradients as autograd through the
+    formula).
 
-    With ``r = e / Z`` (``e = exp(a - m)``, ``Z = sum_j e_j g_j + eps``) and
-    ``t = r * (dA - sum_j dA_j A_j)``: ``dL/da = t * g`` and ``dL/dg = t``.
+    With ``r = e / Z`` (``e = exp(a - m)``, capped at ``exp(max_gap)`` with a number, and
+    ``Z = sum_j e_j g_j + eps``) and ``t = r * (dA - sum_j dA_j A_j)``: ``dL/dg = t`` and the
+    gradient through ``e`` is ``t * g``. With ``max_gap=None`` the shift ``m_i`` is the arg-max
+    logit itself, which autograd differentiates too: ``dL/dm_i = -sum_j (t * g)_ij`` goes to
+    that key (``torch.max``'s index, as autograd through the original's ``torch.max``). That sum
+    cancels to O(eps); it is computed in the closed form ``-(eps / Z) (v - u D / T)`` with
+    ``v = sum_j r_j g_j dA_j``, ``u = 1 - eps / Z`` and ``D = sum_j dA_j``, which has no
+    cancellation. With a number, ``m`` is a constant.
     """
 
     @staticmethod
-    def forward(ctx, attn: Tensor, g: Tensor, eps: float, max_gap: float) -> Tensor:
+    def forward(ctx, attn: Tensor, g: Tensor, eps: float, max_gap: Optional[float]) -> Tensor:
         T = attn.shape[-1]
-        m = attn.masked_fill(g <= 0, float('-inf')).amax(dim=-1, keepdim=True)
-        # dropped keys above the attended maximum: exp(.) is capped at exp(max_gap), so it cannot
-        # overflow (inf * 0 = NaN); their forward value is 0 either way
-        e = (attn - m).clamp_(max=max_gap).exp_()
+        if max_gap is None:
+            # the original's order of operations: the shift in attn's dtype, then exp, policy
+            # and normalisation in float32
+            m, argmax = torch.max(attn, dim=-1, keepdim=True)
+            e = (attn - m).float().exp_()
+        else:
+            a = attn.float()
+            m = a.masked_fill(g <= 0, float('-inf')).amax(dim=-1, keepdim=True)
+            argmax = None
+            # dropped keys above the attended maximum: exp(.) is capped at exp(max_gap), so it
+            # cannot overflow (inf * 0 = NaN); their forward value is 0 either way
+            e = (a - m).clamp_(max=max_gap).exp_()
         out = e * g
         z = out.sum(dim=-1, keepdim=True).add_(eps)
         out.add_(eps / T).div_(z)
         r = e.div_(z)
-        ctx.save_for_backward(r, g, out)
+        ctx.save_for_backward(r, g, out, argmax, z if argmax is not None else None)
+        ctx.attn_dtype = attn.dtype
+        ctx.eps = eps
         return out
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):
-        r, g, out = ctx.saved_tensors
+        r, g, out, argmax, z = ctx.saved_tensors
+        dm = None
+        if argmax is not None and ctx.needs_input_grad[0]:
+            T = r.shape[-1]
+            v = (r * g * grad_out).sum(dim=-1, keepdim=True)
+            u = 1.0 - ctx.eps / z
+            dm = (v - u * grad_out.sum(dim=-1, keepdim=True) / T).mul_(-ctx.eps / z)
         t = (grad_out - (grad_out * out).sum(dim=-1, keepdim=True)).mul_(r)
         grad_g = t.sum(dim=1, keepdim=True) if ctx.needs_input_grad[1] else None
-        grad_attn = t.mul_(g) if ctx.needs_input_grad[0] else None
+        grad_attn = None
+        if ctx.needs_input_grad[0]:
+            grad_attn = t.mul_(g)
+            if dm is not None:
+                grad_attn.scatter_add_(-1, argmax, dm)
+            grad_attn = grad_attn.to(ctx.attn_dtype)
         return grad_attn, grad_g, None, None
 
 

@@ -6,15 +6,24 @@ genes form a *sorted group* (their indices must be non-decreasing, e.g. the thre
 pairs of Swin-T's 6-block stage). What the indices mean (window ratios, keep ratios) is the
 business of :mod:`mmsparse.search.spaces`.
 
-The search (:class:`EvolutionSearch`):
+The search (:class:`EvolutionSearch`), by default SparseViT's ``EvolveSearcher`` as its
+``tools/search.py`` runs it:
 
-1. random phase: draw genomes until ``population_size`` distinct feasible ones are found (at most
-   ``max_random_trials`` draws);
-2. ``iterations`` times: parents = the top ``parents`` feasible candidates by score among the
-   previous parents and the population (so the best so far never gets worse); children: the first
-   ``mutation_share`` of the new population by mutation of a random parent (each gene resampled
-   with probability ``mutation_prob``), the rest by crossover of two random parents (each gene
-   from either); sorted groups are re-sorted after every operation.
+1. random phase: draw genomes until the population holds ``population_size`` feasible draws;
+2. generations: parents = the ``parents`` best of the population just drawn
+   (``selection='population'``; ``'elitist'``: the best distinct candidates among the previous
+   parents and the population, so the parents never get worse); children: the first
+   ``mutation_share`` of the new population by mutation of a random parent, the rest by
+   crossover of two random parents (each gene from either); sorted groups are re-sorted after
+   every operation. Mutation (``mutation='sample'``) draws a fresh genome of the space (groups
+   sorted) and takes each of its genes, by position, with probability ``mutation_prob``
+   (``'gene'``: each gene resampled uniformly on its own);
+3. the search stops after ``max_draws`` draws in all (SparseViT: 10,000; random phase,
+   infeasible draws and repeats included) or after ``iterations`` generations, whichever comes
+   first; the result is the best feasible candidate drawn.
+
+With ``selection='population'`` a population is every feasible draw in order, repeats included
+(as SparseViT's, where a repeated config is appended again); ``'elitist'`` keeps one of each.
 
 Every random draw comes from one seeded ``numpy.random.Generator``, and the number of draws of an
 operation does not depend on the genome's values, so all ranks of a distributed search produce the
@@ -109,11 +118,22 @@ class GenomeSpace:
         """A uniformly drawn genome (groups sorted)."""
         return self.repair(self._draw(rng))
 
-    def mutate(self, genome: Genome, rng: np.random.Generator, prob: float) -> Genome:
-        """Resample each gene with probability ``prob``."""
+    def mutate(self, genome: Genome, rng: np.random.Generator, prob: float,
+               mode: str = 'sample') -> Genome:
+        """Replace each gene with probability ``prob``, then sort the groups.
+
+        Args:
+            genome: the parent.
+            rng: the random stream (``2 * num_genes`` uniform draws either way).
+            prob: probability of replacing a gene.
+            mode: ``'sample'`` (SparseViT's ``_mutate``): the replacements come from one fresh
+                genome of :meth:`random` (its groups sorted), gene by gene by position, so a
+                replaced low position of a sorted group tends to get a low value;
+                ``'gene'``: each replacement is a uniform draw of its gene on its own.
+        """
         flips = rng.random(self.num_genes) < prob
-        fresh = self._draw(rng)
-        return self.repair(np.where(flips, fresh, np.asarray(genome)))
+        fresh = self.random(rng) if mode == 'sample' else self._draw(rng)
+        return self.repair(np.where(flips, np.asarray(fresh), np.asarray(genome)))
 
     def crossover(self, a: Genome, b: Genome, rng: np.random.Generator) -> Genome:
         """Each gene from ``a`` or ``b`` with probability 1/2."""
@@ -123,27 +143,56 @@ class GenomeSpace:
 
 @dataclass(frozen=True)
 class SearchSettings:
-    """The ``search_cfg`` of a config (defaults: the SparseViT code's searcher).
+    """The ``search_cfg`` of a config (defaults: SparseViT's ``tools/search.py``).
 
     Args:
-        population_size: candidates per generation (SparseViT: 100).
-        parents: top candidates kept as parents (SparseViT: 25).
-        mutation_prob: probability of resampling each gene in a mutation (SparseViT: 0.1).
-        iterations: generations after the random one (SparseViT: 10,000 single draws, i.e. 100
-            generations of 100).
-        mutation_share: fraction of each generation made by mutation; the rest by crossover.
+        population_size: feasible draws per generation (SparseViT: 100).
+        parents: best candidates kept as parents (SparseViT: 25).
+        mutation_prob: probability of taking each gene from the fresh draw in a mutation
+            (SparseViT: 0.1).
+        max_draws: candidates drawn over the whole search, random phase, infeasible draws and
+            repeats (answered from the cache) included: SparseViT's ``num_iters=10000``. None: no
+            limit (``iterations`` must then be given).
+        iterations: generations after the random one; None (default, as SparseViT): as many as
+            ``max_draws`` allows. A generation is ``population_size`` feasible draws, so the
+            random phase and 100 generations of 100 take at least 10,100 draws, more with
+            infeasible ones.
+        selection: ``'population'`` (SparseViT): the parents are the best of the generation
+            just drawn, repeats included, and a crossover takes two different parents;
+            ``'elitist'``: the best distinct candidates among the previous parents and the new
+            generation (repeats dropped), a crossover may draw one parent twice.
+        mutation: ``'sample'`` (SparseViT): mix the parent with a fresh draw of the space
+            (sorted groups sorted), gene by gene by position; ``'gene'``: resample each chosen
+            gene uniformly on its own, then sort the groups.
+        mutation_share: fraction of each generation made by mutation (SparseViT: the first
+            ``population_size // 2``); the rest by crossover.
         seed: seed of the search's random stream (the same on every rank).
-        max_random_trials: draws allowed in the random phase (default 20 x population_size).
-        max_trials_per_iteration: draws allowed per generation (default 20 x population_size).
+        max_random_trials: draws allowed in the random phase (default: no limit but
+            ``max_draws``; 20 x population_size without ``max_draws``).
+        max_trials_per_iteration: draws allowed per generation (default as
+            ``max_random_trials``).
     """
     population_size: int = 100
     parents: int = 25
     mutation_prob: float = 0.1
-    iterations: int = 100
+    max_draws: Optional[int] = 10000
+    iterations: Optional[int] = None
+    selection: str = 'population'
+    mutation: str = 'sample'
     mutation_share: float = 0.5
     seed: int = 0
     max_random_trials: Optional[int] = None
     max_trials_per_iteration: Optional[int] = None
+
+    SELECTIONS = ('population', 'elitist')
+    MUTATIONS = ('sample', 'gene')
+    # settings whose None means something (no limit / the default limit)
+    OPTIONAL = ('max_draws', 'iterations', 'max_random_trials', 'max_trials_per_iteration')
+
+    def __post_init__(self) -> None:
+        keys = Keys('search_cfg', SearchSettingsError)
+        keys.choice('selection', self.selection, self.SELECTIONS)
+        keys.choice('mutation', self.mutation, self.MUTATIONS)
 
     @classmethod
     def from_dict(cls, cfg: Optional[Mapping[str, Any]], key: str = 'search_cfg',
@@ -161,11 +210,13 @@ class SearchSettings:
         if unknown:
             raise SearchSettingsError(f'{key}.{unknown[0]}: unknown search setting; known: '
                                       f'{", ".join(sorted(names | set(ignore)))}')
-        values = {k: v for k, v in cfg.items() if k in names and v is not None}
+        values = {k: v for k, v in cfg.items()
+                  if k in names and (v is not None or k in cls.OPTIONAL)}
         keys = Keys(key, SearchSettingsError)
         for name, low in (('population_size', 1), ('parents', 1), ('iterations', 0), ('seed', 0),
-                          ('max_random_trials', 1), ('max_trials_per_iteration', 1)):
-            if name in values:
+                          ('max_draws', 1), ('max_random_trials', 1),
+                          ('max_trials_per_iteration', 1)):
+            if values.get(name) is not None:
                 values[name] = int(keys.number(name, values[name], low, integer=True))
         for name in ('mutation_prob', 'mutation_share'):
             if name in values:
@@ -174,15 +225,30 @@ class SearchSettings:
         keys.require('parents', out.parents <= out.population_size,
                      f'({out.parents}) must not exceed {keys.key("population_size")} '
                      f'({out.population_size})')
+        keys.require('max_draws', out.max_draws is not None or out.iterations is not None,
+                     f'and {keys.key("iterations")} are both None: the search would never end; '
+                     f'give at least one')
         return out
 
-    @property
-    def random_trials(self) -> int:
-        return self.max_random_trials or 20 * self.population_size
+    def _phase_limit(self, explicit: Optional[int]) -> Optional[int]:
+        if explicit is not None:
+            return explicit
+        return None if self.max_draws is not None else 20 * self.population_size
 
     @property
-    def trials_per_iteration(self) -> int:
-        return self.max_trials_per_iteration or 20 * self.population_size
+    def random_trials(self) -> Optional[int]:
+        """Draws allowed in the random phase (None: only ``max_draws`` limits them)."""
+        return self._phase_limit(self.max_random_trials)
+
+    @property
+    def trials_per_iteration(self) -> Optional[int]:
+        """Draws allowed per generation (None: only ``max_draws`` limits them)."""
+        return self._phase_limit(self.max_trials_per_iteration)
+
+    @property
+    def num_mutations(self) -> int:
+        """Children of a generation made by mutation (SparseViT: ``population_size // 2``)."""
+        return int(math.floor(self.population_size * self.mutation_share + 1e-9))
 
     def to_dict(self) -> Dict[str, Any]:
         return asdict(self)
@@ -334,17 +400,34 @@ class EvolutionSearch:
             self._seen_predicted.append(cand.predicted_ms)
 
     # ------------------------------------------------------------------ the loop
+    def _draws_left(self) -> bool:
+        """Whether the search may draw another candidate (``max_draws``)."""
+        return self.settings.max_draws is None or self._trials < self.settings.max_draws
+
+    def _collect(self, limit: Optional[int], draw: Callable[[int], Tuple[Genome, str]],
+                 generation: int) -> List[Candidate]:
+        """Draw until ``population_size`` feasible candidates are held, ``limit`` draws were
+        made in this phase or ``max_draws`` in all. ``draw(n)`` makes the genome of the next
+        draw, n being the feasible candidates held so far. With ``selection='population'``
+        every feasible draw is held (repeats included, in order), else one of each."""
+        size = self.settings.population_size
+        repeats = self.settings.selection == 'population'
+        held: Dict[Any, Candidate] = {}
+        n = 0
+        while len(held) < size and (limit is None or n < limit) and self._draws_left():
+            genome, phase = draw(len(held))
+            cand = self.assess(genome, phase, generation)
+            n += 1
+            if cand.feasible:
+                held.setdefault(len(held) if repeats else cand.key, cand)
+        return list(held.values())
+
     def _random_phase(self) -> List[Candidate]:
-        population: Dict[str, Candidate] = {}
-        for _ in range(self.settings.random_trials):
-            if len(population) >= self.settings.population_size:
-                break
-            cand = self.assess(self.space.random(self.rng), 'random', 0)
-            if cand.feasible and cand.key not in population:
-                population[cand.key] = cand
+        population = self._collect(self.settings.random_trials,
+                                   lambda n: (self.space.random(self.rng), 'random'), 0)
         if not population:
             raise NoFeasibleCandidateError(self._no_feasible_message())
-        return list(population.values())
+        return population
 
     def _no_feasible_message(self) -> str:
         seen = self._seen_latency
@@ -357,31 +440,48 @@ class EvolutionSearch:
                     f'{max(self._seen_predicted):.3f}] ms')
         return msg + '. Widen --min-latency / --max-latency to overlap that range'
 
-    def _children(self, parents: List[Candidate], generation: int) -> List[Candidate]:
-        size = self.settings.population_size
-        n_mutation = int(round(size * self.settings.mutation_share))
-        children: Dict[str, Candidate] = {}
-        for _ in range(self.settings.trials_per_iteration):
-            if len(children) >= size:
-                break
-            if len(children) < n_mutation:
-                parent = parents[int(self.rng.integers(len(parents)))]
-                genome = self.space.mutate(tuple(parent.genome), self.rng,
-                                           self.settings.mutation_prob)
-                phase = 'mutation'
-            else:
-                i, j = self.rng.integers(len(parents), size=2)
-                genome = self.space.crossover(tuple(parents[int(i)].genome),
-                                              tuple(parents[int(j)].genome), self.rng)
-                phase = 'crossover'
-            cand = self.assess(genome, phase, generation)
-            if cand.feasible and cand.key not in children:
-                children[cand.key] = cand
-        return list(children.values())
+    def _pair(self, parents: List[Candidate]) -> Tuple[Candidate, Candidate]:
+        """Two parents for a crossover: two different entries (``selection='population'``, as
+        ``random.sample(candidates, 2)``; the only parent twice when there is one), or two
+        independent picks (``'elitist'``)."""
+        n = len(parents)
+        if self.settings.selection == 'population':
+            if n < 2:
+                return parents[0], parents[0]
+            i, j = self.rng.choice(n, size=2, replace=False)
+        else:
+            i, j = self.rng.integers(n, size=2)
+        return parents[int(i)], parents[int(j)]
 
-    def _record(self, generation: int, parents: List[Candidate],
+    def _children(self, parents: List[Candidate], generation: int) -> List[Candidate]:
+        settings = self.settings
+
+        def draw(n: int) -> Tuple[Genome, str]:
+            if n < settings.num_mutations:
+                parent = parents[int(self.rng.integers(len(parents)))]
+                return self.space.mutate(tuple(parent.genome), self.rng, settings.mutation_prob,
+                                         settings.mutation), 'mutation'
+            a, b = self._pair(parents)
+            return self.space.crossover(tuple(a.genome), tuple(b.genome), self.rng), 'crossover'
+
+        return self._collect(settings.trials_per_iteration, draw, generation)
+
+    def select_parents(self, parents: List[Candidate],
+                       population: List[Candidate]) -> List[Candidate]:
+        """The next parents from the previous ones and the generation just drawn (in draw
+        order), as ``SearchSettings.selection`` says."""
+        k = self.settings.parents
+        if self.settings.selection == 'elitist':
+            pool = {c.key: c for c in parents + population}
+            return rank_candidates(list(pool.values()))[:k]
+        if not population:  # a generation without a feasible draw: nothing to select from
+            return parents
+        # SparseViT: sorted(population, key=metric, reverse=True)[:25], a stable sort (ties in
+        # the order drawn)
+        return sorted(population, key=lambda c: -c.score)[:k]
+
+    def _record(self, generation: int, best: Candidate,
                 population: List[Candidate]) -> Dict[str, Any]:
-        best = parents[0]
         entry = dict(generation=generation, best_key=best.key, best_config=best.config,
                      best_score=best.score, best_latency_ms=best.latency_ms,
                      population=len(population), evaluated=self._evaluated,
@@ -391,18 +491,24 @@ class EvolutionSearch:
         return entry
 
     def run(self) -> SearchResult:
-        """Run the whole search; returns the best candidate and the per-generation history."""
+        """Run the whole search; returns the best feasible candidate drawn and the history
+        (one entry after the random phase and after each generation, with the best so far)."""
+        settings = self.settings
         history = []
         population = self._random_phase()
         parents: List[Candidate] = []
-        for generation in range(self.settings.iterations + 1):
-            pool = {c.key: c for c in parents + population}
-            parents = rank_candidates(list(pool.values()))[:self.settings.parents]
-            history.append(self._record(generation, parents, population))
-            if generation == self.settings.iterations:
+        best: Optional[Candidate] = None
+        generation = 0
+        while True:
+            parents = self.select_parents(parents, population)
+            best = rank_candidates(([best] if best is not None else []) + population)[0]
+            history.append(self._record(generation, best, population))
+            if (settings.iterations is not None and generation >= settings.iterations) \
+                    or not self._draws_left():
                 break
-            population = self._children(parents, generation + 1)
-        self.result = SearchResult(best=parents[0], history=history, evaluated=self._evaluated,
+            generation += 1
+            population = self._children(parents, generation)
+        self.result = SearchResult(best=best, history=history, evaluated=self._evaluated,
                                    cache_hits=self._hits, skipped_by_table=self._skipped,
                                    trials=self._trials)
         return self.result

@@ -39,13 +39,16 @@ from .evolution import (Candidate, EvaluationBudgetReached, EvolutionSearch,
 from .latency_table import LatencyTable, prediction_errors
 
 __all__ = ['TIMING_DEFAULTS', 'SearchOptions', 'SearchOutcome', 'run', 'search_config', 'check_launcher',
-           'SPACE_KEYS', 'OVERRIDES']
+           'SPACE_KEYS', 'OVERRIDES', 'BUDGET_KEYS']
 
 # search_cfg keys that are not SearchSettings fields
 SPACE_KEYS = ('candidates', 'group_size', 'img_size', 'metric')
 # options that override the config's search_cfg
-OVERRIDES = ('population_size', 'parents', 'mutation_prob', 'iterations', 'seed', 'candidates',
-             'metric')
+OVERRIDES = ('population_size', 'parents', 'mutation_prob', 'iterations', 'max_draws', 'seed',
+             'candidates', 'metric')
+# settings that only bound the search's length: a longer search replays a shorter one's draws
+# first, so a log resumes under other values of these
+BUDGET_KEYS = ('iterations', 'max_draws')
 
 
 #: Untimed / timed calls per candidate by device. SparseViT's search times every candidate with
@@ -73,8 +76,8 @@ class SearchOptions:
         table_margin: relative margin around the window within which the table keeps candidates.
         latency_source: ``'measure'`` or ``'table'`` (the table's prediction is the latency).
         eval_split: ``'auto'``, ``'val'`` or ``'test'``; val_subset: score on the first N images.
-        metric, population_size, parents, mutation_prob, iterations, seed, candidates:
-            override ``search_cfg`` (None: keep the config's).
+        metric, population_size, parents, mutation_prob, iterations, max_draws, seed,
+            candidates: override ``search_cfg`` (None: keep the config's).
         max_evaluations: stop after this many new candidates (rerun to resume).
         work_dir: default ``./work_dirs/<config name>_search``.
         launcher: ``'none'``, ``'pytorch'``, ``'slurm'`` or ``'mpi'``.
@@ -99,6 +102,7 @@ class SearchOptions:
     parents: Optional[int] = None
     mutation_prob: Optional[float] = None
     iterations: Optional[int] = None
+    max_draws: Optional[int] = None
     seed: Optional[int] = None
     candidates: Optional[Sequence[float]] = None
     max_evaluations: Optional[int] = None
@@ -331,8 +335,11 @@ class SearchJob:
             min_latency=opts.min_latency, max_latency=opts.max_latency, part=opts.part,
             img_size=list(self.img_size), batch_size=opts.batch_size, space=space.name,
             candidates=list(space.candidates), genes=list(space.gene_names),
-            settings={k: v for k, v in self.settings.to_dict().items() if k != 'iterations'},
-            iterations=self.settings.iterations, metric=self.metric, split=self.split,
+            settings={k: v for k, v in self.settings.to_dict().items()
+                      if k not in BUDGET_KEYS},
+            # (the key log.header_mismatch lets differ between runs of one search)
+            iterations={k: getattr(self.settings, k) for k in BUDGET_KEYS},
+            metric=self.metric, split=self.split,
             val_subset=opts.val_subset, latency_source=opts.latency_source,
             latency_table=opts.use_table,
             table_margin=opts.table_margin if opts.use_table else None)
@@ -368,7 +375,10 @@ class SearchJob:
         return note
 
     def on_iteration(self, h: Dict[str, Any]) -> None:
-        self.log(f'iteration {h["generation"]}/{self.settings.iterations}: best '
+        its, draws = self.settings.iterations, self.settings.max_draws
+        budget = (f'/{its}' if its is not None else '') + \
+            (f' ({h["trials"]}/{draws} draws)' if draws is not None else '')
+        self.log(f'iteration {h["generation"]}{budget}: best '
                  f'{self.cand.metric} {h["best_score"]:.4f} at {h["best_latency_ms"]:.3f} ms, '
                  f'{self.space.name}={h["best_config"]} (population {h["population"]}, new '
                  f'{h["evaluated"]}, cached {h["cache_hits"]}, skipped {h["skipped_by_table"]})')

@@ -72,7 +72,8 @@ class Attention(BaseModule):
         qkv_bias: bias in ``qkv``.
         layer_scale_init_value: > 0 adds a LayerScale ``gamma1``.
         policy_max_gap: the policy-gradient clip of
-            :func:`~mmsparse.ops.tokens.softmax_with_policy` (policy path only).
+            :func:`~mmsparse.ops.tokens.softmax_with_policy` (policy path only); None: the
+            original DynamicViT formula (shift by the maximum over all keys, no clip).
         init_cfg: MMEngine init config.
 
     Attributes:
@@ -84,7 +85,7 @@ class Attention(BaseModule):
                  v_dims: Optional[Sequence[int]] = None, attn_drop: float = 0.,
                  proj_drop: float = 0., dropout_layer: Optional[dict] = None,
                  qkv_bias: bool = True, layer_scale_init_value: float = 0.,
-                 policy_max_gap: float = 0., init_cfg: Optional[dict] = None) -> None:
+                 policy_max_gap: Optional[float] = 0., init_cfg: Optional[dict] = None) -> None:
         super().__init__(init_cfg=init_cfg)
         _KEYS.number('num_heads', num_heads, 0, integer=True)
         if head_dims is None:
@@ -93,7 +94,8 @@ class Attention(BaseModule):
         v_dims = [head_dims] * num_heads if v_dims is None else [int(d) for d in v_dims]
         _KEYS.require('v_dims', len(v_dims) == num_heads and all(d >= 1 for d in v_dims),
                       f'must be {num_heads} ints >= 1 (one per head), got {v_dims!r}')
-        _KEYS.number('policy_max_gap', policy_max_gap, 0)
+        if policy_max_gap is not None:
+            _KEYS.number('policy_max_gap', policy_max_gap, 0)
         self.embed_dims = embed_dims
         self.num_heads = num_heads
         self.head_dims = head_dims
@@ -105,7 +107,7 @@ class Attention(BaseModule):
         self.uniform = all(d == head_dims for d in v_dims)
         self.scale = head_dims ** -0.5
         self.attn_drop = attn_drop
-        self.policy_max_gap = float(policy_max_gap)
+        self.policy_max_gap = None if policy_max_gap is None else float(policy_max_gap)
         self.qkv = nn.Linear(embed_dims, 2 * self.qk_channels + self.v_channels, bias=qkv_bias)
         self.proj = nn.Linear(self.v_channels, embed_dims)
         self.proj_drop = nn.Dropout(proj_drop)

@@ -41,7 +41,8 @@ class EncoderLayer(BaseModule):
         qkv_bias: bias in ``attn.qkv``.
         act_cfg: MLP activation.
         norm_cfg: the LayerNorm config.
-        policy_max_gap: passed to :class:`~.attention.Attention` (policy path).
+        policy_max_gap: passed to :class:`~.attention.Attention` (policy path; None: the
+            original DynamicViT formula).
         with_attn: False: no attention branch (no ``ln1`` / ``attn`` keys, a removed branch).
         with_ffn: False: no MLP branch (no ``ln2`` / ``ffn`` keys).
         init_cfg: MMEngine init config.
@@ -52,7 +53,7 @@ class EncoderLayer(BaseModule):
                  layer_scale_init_value: float = 0., drop_rate: float = 0.,
                  attn_drop_rate: float = 0., drop_path_rate: float = 0., num_fcs: int = 2,
                  qkv_bias: bool = True, act_cfg: dict = dict(type='GELU'),
-                 norm_cfg: dict = dict(type='LN'), policy_max_gap: float = 0.,
+                 norm_cfg: dict = dict(type='LN'), policy_max_gap: Optional[float] = 0.,
                  with_attn: bool = True, with_ffn: bool = True,
                  init_cfg: Optional[dict] = None) -> None:
         super().__init__(init_cfg=init_cfg)
