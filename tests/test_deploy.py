@@ -10,11 +10,9 @@ import torch
 
 from tests.conftest import REPO
 
-pytest.importorskip('onnxruntime')
-pytest.importorskip('onnxscript')
-
-from mmsparse.deploy import (RTOL, ExportError, export_model, kept_indices,  # noqa: E402
-                             max_relative_error, onnx_ops, ort_session, run_session)
+from mmsparse.deploy import (RTOL, ExportError, export_model, kept_indices,
+                             max_relative_error, onnx_ops, ort_session, run_session, same_kept,
+                             verify_export)
 
 VIT = REPO / 'configs/vit/vit-tiny-p4_fashion-mnist.py'
 DYNAMICVIT = REPO / 'configs/dynamicvit/dynamicvit-vit-tiny-p4_fashion-mnist.py'
@@ -61,8 +59,20 @@ def test_max_relative_error_is_normalised_per_output():
     # 0.5 / 2.5 in the first output, 0.5 / 100 in the second
     assert max_relative_error(a, b) == pytest.approx(0.2)
     assert max_relative_error([np.zeros(2)], [np.zeros(2)]) == 0.0
+    # a NaN / inf on either side is never a match (numpy's max would skip the NaN)
+    assert max_relative_error([np.array([1.0, np.nan])], [np.array([1.0, 2.0])]) == np.inf
+    assert max_relative_error([np.array([1.0, 2.0])], [np.array([np.inf, 2.0])]) == np.inf
     with pytest.raises(ValueError, match='shape'):
         max_relative_error([np.zeros(2)], [np.zeros(3)])
+
+
+def test_kept_indices_compare_as_sets_per_sample():
+    expected = [np.array([[3, 1, 2], [0, 4, 5]])]
+    assert same_kept([np.array([[1, 2, 3], [5, 0, 4]])], expected)  # another order
+    assert not same_kept([np.array([[1, 2, 3], [5, 0, 6]])], expected)  # 6 instead of 4
+    assert not same_kept([np.array([[0, 4, 5], [3, 1, 2]])], expected)  # samples swapped
+    assert not same_kept([np.array([[1, 2], [0, 4]])], expected)
+    assert not same_kept([], expected)
 
 
 def test_dense_vit_at_both_attention_opsets(tmp_path, data_root):
@@ -92,6 +102,9 @@ def test_dynamicvit_keeps_the_same_tokens(tmp_path, data_root):
     # the shipped graph has only the logits; the kept indices (34, 24 of 49) are what PyTorch keeps
     session = ort_session(report.file)
     assert [o.name for o in session.get_outputs()] == ['logits']
+    # its kept tokens cannot be checked without the verification graph: refused, not skipped
+    with pytest.raises(ExportError, match='verification graph'):
+        verify_export(model, 'model', report.file, {'random': torch.randn(2, 1, 28, 28)})
     images = torch.randn(2, 1, 28, 28)
     with torch.no_grad():
         kept = kept_indices(model.backbone, images)
@@ -198,6 +211,22 @@ def test_tool_exports_and_verifies(tmp_path, vit_ckpt, capsys, monkeypatch, data
     assert line.startswith(f'{out}: opset 23, input images (1, 1, 28, 28), part model')
     assert 'max rel err random' in line and 'real' in line and 'kept indices n/a' in line
     assert len(onnx_ops(str(out))) > 0
+
+
+def test_tool_failed_verification_exits_1_with_an_error_line(tmp_path, vit_ckpt, capsys,
+                                                             monkeypatch, data_root):
+    import mmsparse.deploy.onnx as deploy_onnx
+    run = deploy_onnx.run_session
+    # ONNX Runtime's outputs off by 1: the check must fail, whatever the tool printed before
+    monkeypatch.setattr(deploy_onnx, 'run_session',
+                        lambda session, images: [o + 1.0 for o in run(session, images)])
+    arch = [f'model.backbone.arch.{k}={v}' for k, v in TINY_ARCH.items()]
+    code, _, stderr = _tool([VIT, vit_ckpt, '--out', tmp_path / 'vit.onnx', '--verify',
+                             '--cfg-options', *arch, 'model.head.in_channels=32'],
+                            capsys, monkeypatch)
+    assert code == 1
+    line = stderr.strip().splitlines()[-1]
+    assert line.startswith('error: verification failed: random max rel err') and '> 0.0001' in line
 
 
 @pytest.mark.parametrize('argv,needles', [

@@ -202,7 +202,8 @@ def test_policy_softmax_is_the_originals_by_default():
 
 
 @pytest.mark.parametrize('kw, match', [
-    (dict(pruning_loc=[6, 3]), r'pruning_loc must be .*strictly increasing.*\[1, 11\], got \[6, 3\]'),
+    (dict(pruning_loc=[6, 3]),
+     r'pruning_loc must be .*strictly increasing.*\[1, 11\], got \[6, 3\]'),
     (dict(pruning_loc=[0, 3]), r'pruning_loc .* got \[0, 3\]'),
     (dict(pruning_loc=[3, 12]), r'pruning_loc .* got \[3, 12\]'),
     (dict(pruning_loc=[]), r'pruning_loc must be a non-empty'),

@@ -29,7 +29,9 @@ def test_svite_imagenet_configs_train_without_gradient_clipping(path):
 def test_sparsevit_coco_fp16_loss_scale_is_dynamic_from_512():
     # original: configs/swin/mask_rcnn_swin-t-p4-w7_fpn_fp16_ms-crop-{1x,3x}_coco.py,
     # fp16 = dict(loss_scale=dict(init_scale=512)): mmcv's dynamic scaler
-    for path in glob.glob(str(REPO / 'configs/sparsevit/mask-rcnn_sparsevit-swin-t_*coco.py')):
+    paths = glob.glob(str(REPO / 'configs/sparsevit/mask-rcnn_sparsevit-swin-t_*coco.py'))
+    assert len(paths) == 6
+    for path in paths:
         ow = _load(path).optim_wrapper
         assert ow.type == 'AmpOptimWrapper', path
         assert ow.loss_scale == dict(init_scale=512.), path
@@ -38,7 +40,9 @@ def test_sparsevit_coco_fp16_loss_scale_is_dynamic_from_512():
 def test_uvc_imagenet_stage1_projects_to_the_budget_as_its_readme_says():
     # not in the original (documented in configs/uvc/README.md, with project_at_end=False to
     # restore it): the end-of-search projection, rounded to multiples of 8 on ImageNet
-    for path in glob.glob(str(REPO / 'configs/uvc/uvc-deit-*_stage1_*_in1k.py')):
+    paths = glob.glob(str(REPO / 'configs/uvc/uvc-deit-*_stage1_*_in1k.py'))
+    assert len(paths) == 3
+    for path in paths:
         hooks = [h for h in _load(path).custom_hooks if h['type'] == 'UVCHook']
         assert hooks == [dict(type='UVCHook', project_at_end=True, round_to=8)], path
     from mmsparse.engine.uvc_hooks import UVCHook
@@ -151,6 +155,12 @@ def test_sparsevit_coco_search_resolves_to_the_originals_searcher():
 # ---- UVC ----------------------------------------------------------------------------------------
 UVC_STAGE1_IN1K = sorted(glob.glob(str(REPO / 'configs/uvc/uvc-deit-*_stage1_*_in1k.py')))
 UVC_STAGE2_IN1K = sorted(glob.glob(str(REPO / 'configs/uvc/uvc-deit-*_stage2_*_in1k.py')))
+
+
+def test_the_imagenet_config_lists_are_not_empty():
+    # the parametrized tests of this file pass vacuously on an empty list
+    assert (len(SVITE_IN1K), len(DYNAMICVIT_IN1K), len(UVC_STAGE1_IN1K),
+            len(UVC_STAGE2_IN1K)) == (8, 3, 3, 3)
 UVC_README = REPO / 'configs/uvc/README.md'
 
 

@@ -219,6 +219,13 @@ def test_no_feasible_candidate_names_the_latency_range():
                        r'over \[\d+\.\d+, \d+\.\d+\] ms'):
         search.run()
     assert not fake.score_calls and len(fake.latency_calls) <= 5
+    # the defaults (max_draws=10000, no phase limit) give up after 20 x population_size
+    fake = Fake(window_ratio_space(SWIN_T, CANDS))
+    search = _search(fake, SearchSettings(population_size=4, parents=2),
+                     min_latency=1.0, max_latency=2.0)
+    with pytest.raises(NoFeasibleCandidateError, match=r'random phase \(80 draws\)'):
+        search.run()
+    assert not fake.score_calls and len(fake.latency_calls) <= 80
 
 
 class _Scripted:

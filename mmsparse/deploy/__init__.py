@@ -9,11 +9,11 @@ from .onnx import (DEFAULT_OPSET, MIN_OPSET, RTOL, ExportError, ExportReport, In
                    drop_outputs, export_model, max_opset, export_onnx, export_part, kept_indices,
                    max_relative_error, onnx_ops, ort_session, real_images,
                    recording_kept_indices, require_onnx, require_onnxruntime, run_session,
-                   torch_outputs, verify_export)
+                   same_kept, torch_outputs, verify_export)
 
 __all__ = ['DEFAULT_OPSET', 'MIN_OPSET', 'RTOL', 'ExportError', 'ExportReport', 'InputCheck',
            'WithKeptIndices', 'check_exportable', 'check_input_shape', 'check_opset',
            'drop_outputs', 'export_model', 'max_opset', 'export_onnx', 'export_part',
            'kept_indices', 'max_relative_error', 'onnx_ops', 'ort_session', 'real_images',
            'recording_kept_indices', 'require_onnx', 'require_onnxruntime', 'run_session',
-           'torch_outputs', 'verify_export']
+           'same_kept', 'torch_outputs', 'verify_export']

@@ -34,14 +34,17 @@ Verification (:func:`verify_export`) runs the ONNX file in ONNX Runtime and the 
 PyTorch on the same inputs (random images, and real images of the config's test set) and reports
 per input the largest relative error, ``max_o max|ort_o - torch_o| / max|torch_o|`` over the
 outputs ``o`` (each output normalised by its own largest magnitude). For token and window
-models the kept indices are compared exactly, through a verification graph: the part's outputs
+models the sets of kept indices are compared exactly (per sample; their order changes no output
+and near-equal scores may come out of the two TopKs in either order), through a verification
+graph: the part's outputs
 followed by the kept indices (``kept0`` ...), exported once; the shipped file is that graph with
 the index outputs (and the nodes only they need) removed (:func:`export_part`), so it computes
-exactly what was verified and pays nothing for the check. Exact ties are the one source of
-a difference there: identical tokens (the blank background patches of Fashion-MNIST in a model
-whose position embedding is still zero, e.g. untrained) have identical scores, which
-``torch.topk`` and ONNX Runtime's ``TopK`` may order differently; :class:`InputCheck` then
-reports the fraction of kept indices both keep (``kept_shared``), and the check fails.
+exactly what was verified and pays nothing for the check. Exact ties at the boundary of the
+kept set are the one source of a difference there: identical tokens (the blank background
+patches of Fashion-MNIST in a model whose position embedding is still zero, e.g. untrained)
+have identical scores, which ``torch.topk`` and ONNX Runtime's ``TopK`` may break
+differently; :class:`InputCheck` then reports the fraction of kept indices both keep
+(``kept_shared``), and the check fails.
 """
 import contextlib
 import io
@@ -65,7 +68,7 @@ __all__ = ['ExportError', 'MIN_OPSET', 'DEFAULT_OPSET', 'RTOL', 'check_exportabl
            'ort_session', 'run_session', 'torch_outputs', 'max_relative_error', 'kept_indices',
            'recording_kept_indices', 'WithKeptIndices', 'drop_outputs', 'real_images',
            'InputCheck', 'verify_export', 'ExportReport', 'export_model', 'onnx_ops',
-           'require_onnx', 'require_onnxruntime']
+           'require_onnx', 'require_onnxruntime', 'same_kept']
 
 MIN_OPSET = 18
 # 23: F.scaled_dot_product_attention becomes one ONNX Attention node (ONNX Runtime >= 1.23 has a
@@ -245,14 +248,21 @@ def export_onnx(module: nn.Module, images: Tensor, path: str, opset: int = DEFAU
     size = sum(p.numel() * p.element_size() for p in module.parameters())
     log = io.StringIO()
     # the exporter prints its progress and warns about pytree internals of the pinned stack
-    with torch.no_grad(), contextlib.redirect_stdout(log), warnings.catch_warnings():
-        warnings.simplefilter('ignore')
-        torch.onnx.export(
-            module, (images, ), path, input_names=[INPUT_NAME],
-            output_names=list(output_names) if output_names else None, opset_version=opset,
-            dynamo=True, dynamic_shapes=dynamic_shapes,
-            # one self-contained file below protobuf's 2 GiB limit
-            external_data=size > (1 << 30), optimize=True, verbose=False)
+    try:
+        with torch.no_grad(), contextlib.redirect_stdout(log), warnings.catch_warnings():
+            warnings.simplefilter('ignore')
+            torch.onnx.export(
+                module, (images, ), path, input_names=[INPUT_NAME],
+                output_names=list(output_names) if output_names else None,
+                opset_version=opset, dynamo=True, dynamic_shapes=dynamic_shapes,
+                # one self-contained file below protobuf's 2 GiB limit
+                external_data=size > (1 << 30), optimize=True, verbose=False)
+    except Exception as e:  # noqa: BLE001  (torch.export / onnxscript raise many types)
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        tail = log.getvalue().strip().splitlines()[-1:] or ['']
+        raise ExportError(f'torch.onnx.export of {type(module).__name__} failed: '
+                          f'{type(e).__name__}: {first}'
+                          + (f' (exporter: {tail[0]})' if tail[0] else '')) from e
     return path
 
 
@@ -331,7 +341,7 @@ def max_relative_error(actual: Sequence[np.ndarray], expected: Sequence[np.ndarr
 
     Each output is normalised by its own largest magnitude (a relative error that does not
     blow up at the near-zero entries of an output); an all-zero expected output counts its
-    absolute error.
+    absolute error; a non-finite value in either gives ``inf``.
     """
     if len(actual) != len(expected):
         raise ValueError(f'{len(actual)} outputs against {len(expected)} expected')
@@ -340,6 +350,8 @@ def max_relative_error(actual: Sequence[np.ndarray], expected: Sequence[np.ndarr
         if a.shape != b.shape:
             raise ValueError(f'output shape {a.shape} against expected {b.shape}')
         a, b = a.astype(np.float64), b.astype(np.float64)
+        if not (np.isfinite(a).all() and np.isfinite(b).all()):
+            return float('inf')  # a NaN / inf in either is never a match (max() skips NaN)
         scale = float(np.abs(b).max()) if b.size else 0.0
         err = float(np.abs(a - b).max()) if b.size else 0.0
         worst = max(worst, err / scale if scale > 0 else err)
@@ -512,14 +524,30 @@ def verify_export(model: nn.Module, part: str, path: str, inputs: Dict[str, Tens
             expected_kept = [t.cpu().numpy() for t in kept() or []]
         check = InputCheck(name, tuple(images.shape),
                            max_relative_error(run_session(session, images), expected))
+        if expected_kept and probe is None:
+            raise ExportError(f'{_class_names(model)} keeps a subset of its tokens / windows: '
+                              f'its kept indices need the verification graph of export_part '
+                              f'(verification_path), none was given')
         if probe is not None:
             got = run_session(probe, images)[len(expected):]
             check.kept_sets = len(expected_kept)
-            check.kept_equal = len(got) == len(expected_kept) and all(
-                g.shape == e.shape and bool((g == e).all()) for g, e in zip(got, expected_kept))
+            check.kept_equal = same_kept(got, expected_kept)
             check.kept_shared = _shared_fraction(got, expected_kept)
         checks.append(check)
     return checks
+
+
+def same_kept(got: Sequence[np.ndarray], expected: Sequence[np.ndarray]) -> bool:
+    """Whether each (B, K) index tensor keeps, per sample, the same set as expected.
+
+    Sets, not sequences: the order among kept tokens / windows changes no output (attention is
+    permutation-equivariant; windows are scattered back to where they were taken), and
+    near-equal scores (closer than the float32 rounding of two kernels) may come out of
+    ``torch.topk`` and ONNX Runtime's ``TopK`` in either order.
+    """
+    return len(got) == len(expected) and all(
+        g.shape == e.shape and bool((np.sort(g, axis=-1) == np.sort(e, axis=-1)).all())
+        for g, e in zip(got, expected))
 
 
 def _shared_fraction(got: Sequence[np.ndarray], expected: Sequence[np.ndarray]) -> float:
@@ -577,6 +605,16 @@ class ExportReport:
     def passed(self) -> bool:
         """Verified, every error within ``rtol`` and every kept-index set equal."""
         return bool(self.checks) and self.max_rel_err <= self.rtol and self.kept_equal is not False
+
+    def failure(self) -> str:
+        """What failed, in words ('' when :attr:`passed`)."""
+        if not self.checks:
+            return 'nothing was verified'
+        what = [f'{c.name} max rel err {c.max_rel_err:.2e} > {self.rtol:g}'
+                for c in self.checks if not c.max_rel_err <= self.rtol]
+        what += [f'{c.name} kept indices differ ({c.kept_shared:.2%} shared)'
+                  for c in self.checks if c.kept_equal is False]
+        return '; '.join(what)
 
     def summary(self) -> str:
         """One line: file, opset, input shape, part, errors and kept-index check."""
@@ -644,6 +682,12 @@ def export_model(cfg, model: nn.Module, path: str, part: str = 'model',
         require_onnxruntime()  # before the export: a missing onnxruntime is found at once
     channels = cfg.model.get('backbone', {}).get('in_channels', 3)
     images = make_images(batch_size, (h, w), channels, seed=seed)
+    inputs = {'random': images}
+    if verify:  # the real images first: a missing test set is found before the export
+        if dynamic_batch:
+            inputs[f'random@{batch_size + 1}'] = make_images(
+                batch_size + 1, (h, w), channels, seed=seed + 1)
+        inputs['real'] = real_images(cfg, model, batch_size, (h, w))
     tmp = tempfile.mkdtemp(prefix='mmsparse_onnx_')
     verification_path = osp.join(tmp, 'verification.onnx')
     try:
@@ -651,11 +695,6 @@ def export_model(cfg, model: nn.Module, path: str, part: str = 'model',
         report = _report(model, path, part, images, batch_size, dynamic_batch, opset,
                          checkpoint)
         if verify:
-            inputs = {'random': images}
-            if dynamic_batch:
-                inputs[f'random@{batch_size + 1}'] = make_images(
-                    batch_size + 1, (h, w), channels, seed=seed + 1)
-            inputs['real'] = real_images(cfg, model, batch_size, (h, w))
             report.checks = verify_export(
                 model, part, path, inputs, threads,
                 verification_path if osp.exists(verification_path) else None)

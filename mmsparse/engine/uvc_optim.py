@@ -6,10 +6,11 @@
 SGD with momentum), ``duals`` (``dual_heads``, ``dual_neurons``, ``dual_dims``; SGD used for
 ascent) and ``flops_dual`` (``dual_flops``; SGD used for ascent). Every parameter is in exactly
 one of them, except the block gates with the model's ``gate_step='original'``: they are in
-``weights`` too (the original's AdamW covers every model parameter). Each entry is an ordinary optim-wrapper config (``type``, ``optimizer``,
-``clip_grad``, ``paramwise_cfg`` with ``custom_keys`` matched against the full parameter names,
-e.g. ``'backbone.arch_neurons': dict(lr_mult=10.)``); entries left out take the original
-recipe's defaults (:data:`UVC_DEFAULT_OPTIMIZERS`).
+``weights`` too (the original's AdamW covers every model parameter). Each entry is an ordinary
+optim-wrapper config (``type``, ``optimizer``, ``clip_grad``, ``paramwise_cfg`` with
+``custom_keys`` matched against the full parameter names, e.g.
+``'backbone.arch_neurons': dict(lr_mult=10.)``); entries left out take the original recipe's
+defaults (:data:`UVC_DEFAULT_OPTIMIZERS`).
 
 Schedules are per optimizer: ``param_scheduler = dict(weights=[...], arch=[], gates=[],
 duals=[], flops_dual=[dict(type='PresetLR', milestones=[0, 6, 12], values=[1., 5., 9.])])``.
@@ -152,6 +153,13 @@ class UVCOptimWrapperConstructor:
         groups = module.arch_parameters()
         others = [p for key in ('arch', 'gates', 'duals', 'flops_dual') for p in groups[key]]
         shared = {id(p) for p in module.shared_parameters()}
+        if shared and self.cfgs['weights'].get('accumulative_counts', 1) != 1:
+            # the gate step takes the weights' task gradient of each update; accumulated over
+            # several iterations it would see only the last one's (the rest are zeroed)
+            raise ConfigError("model.gate_step='original' puts the block gates in the weights' "
+                              "optimizer, which needs optim_wrapper.weights."
+                              "accumulative_counts=1, got "
+                              f"{self.cfgs['weights']['accumulative_counts']}")
         not_weights = [p for p in others if id(p) not in shared]
         wrappers = {}
         for key, sub in self.cfgs.items():

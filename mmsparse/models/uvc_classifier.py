@@ -62,9 +62,10 @@ class UVCClassifier(FrozenTeacherMixin, ImageClassifier):
 
     **Search mode** (backbone ``mode='search'``, stage 1): :meth:`train_step` needs an
     ``OptimWrapperDict`` with the keys ``weights`` (AdamW over the network weights and patch
-    gates; with ``gate_step='original'`` the block gates too), ``arch`` (SGD over ``arch_heads``, ``arch_neurons``, ``arch_dims``), ``gates`` (SGD
-    over ``block_gates``; only with block gating), ``duals`` (SGD ascent over ``dual_heads``,
-    ``dual_neurons``, ``dual_dims``) and ``flops_dual`` (SGD ascent over ``dual_flops``), as built
+    gates; with ``gate_step='original'`` the block gates too), ``arch`` (SGD over
+    ``arch_heads``, ``arch_neurons``, ``arch_dims``), ``gates`` (SGD over ``block_gates``;
+    only with block gating), ``duals`` (SGD ascent over ``dual_heads``, ``dual_neurons``,
+    ``dual_dims``) and ``flops_dual`` (SGD ascent over ``dual_flops``), as built
     by :class:`mmsparse.engine.UVCOptimWrapperConstructor`. One step: 1. task loss -> backward
     -> (clip) -> ``weights`` step; 2.-6. proximal shrinkage, then (after the warm-up epochs)
     architecture, gates and duals: :class:`~mmsparse.models.uvc_primal_dual.UVCPrimalDual`.
@@ -240,7 +241,8 @@ class UVCClassifier(FrozenTeacherMixin, ImageClassifier):
         The primal-dual iterates meet the constraint only on average; at the end of stage 1 the
         real FLOPs may sit slightly above the budget. This removes the lowest-score groups per
         MAC saved until they do not (:func:`mmsparse.ops.uvc_budget.project_to_budget`), by
-        raising their architecture variables to the next integers. Blocks the gates skip are left out.
+        raising their architecture variables to the next integers. Blocks the gates skip are
+        left out.
 
         Args:
             multiple: then round every running block's kept neurons and every kept head's value
@@ -294,7 +296,7 @@ class UVCClassifier(FrozenTeacherMixin, ImageClassifier):
             # gate_step='original': the gates are in this optimizer too; their task gradient
             # (clipped with the weights', unscaled by its scaler) also feeds the gate step
             shared = self.shared_parameters()
-            kept = [p.grad for p in shared]
+            kept = [None if p.grad is None else p.grad.clone() for p in shared]
             ow.zero_grad()
             for p, grad in zip(shared, kept):
                 p.grad = grad if grad is None or bool(torch.isfinite(grad).all()) else None

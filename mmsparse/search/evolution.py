@@ -168,7 +168,9 @@ class SearchSettings:
             ``population_size // 2``); the rest by crossover.
         seed: seed of the search's random stream (the same on every rank).
         max_random_trials: draws allowed in the random phase (default: no limit but
-            ``max_draws``; 20 x population_size without ``max_draws``).
+            ``max_draws``; 20 x population_size without ``max_draws``). Whatever the limits,
+            the search stops with :class:`NoFeasibleCandidateError` once 20 x population_size
+            random draws found no feasible candidate.
         max_trials_per_iteration: draws allowed per generation (default as
             ``max_random_trials``).
     """
@@ -405,16 +407,19 @@ class EvolutionSearch:
         return self.settings.max_draws is None or self._trials < self.settings.max_draws
 
     def _collect(self, limit: Optional[int], draw: Callable[[int], Tuple[Genome, str]],
-                 generation: int) -> List[Candidate]:
+                 generation: int, give_up: Optional[int] = None) -> List[Candidate]:
         """Draw until ``population_size`` feasible candidates are held, ``limit`` draws were
-        made in this phase or ``max_draws`` in all. ``draw(n)`` makes the genome of the next
-        draw, n being the feasible candidates held so far. With ``selection='population'``
-        every feasible draw is held (repeats included, in order), else one of each."""
+        made in this phase or ``max_draws`` in all, or ``give_up`` draws found none feasible.
+        ``draw(n)`` makes the genome of the next draw, n being the feasible candidates held so
+        far. With ``selection='population'`` every feasible draw is held (repeats included, in
+        order), else one of each."""
         size = self.settings.population_size
         repeats = self.settings.selection == 'population'
         held: Dict[Any, Candidate] = {}
         n = 0
         while len(held) < size and (limit is None or n < limit) and self._draws_left():
+            if give_up is not None and n >= give_up and not held:
+                break
             genome, phase = draw(len(held))
             cand = self.assess(genome, phase, generation)
             n += 1
@@ -423,8 +428,11 @@ class EvolutionSearch:
         return list(held.values())
 
     def _random_phase(self) -> List[Candidate]:
+        # a window no candidate falls in is reported after 20 x population_size draws, not after
+        # all of max_draws (each infeasible draw still costs a latency measurement)
         population = self._collect(self.settings.random_trials,
-                                   lambda n: (self.space.random(self.rng), 'random'), 0)
+                                   lambda n: (self.space.random(self.rng), 'random'), 0,
+                                   give_up=20 * self.settings.population_size)
         if not population:
             raise NoFeasibleCandidateError(self._no_feasible_message())
         return population

@@ -51,7 +51,9 @@ def read_log(path: str) -> Tuple[Optional[Dict[str, Any]], List[Candidate], int]
 def header_mismatch(old: Mapping[str, Any], new: Mapping[str, Any]) -> Optional[str]:
     """The first key whose value differs between two headers (None if they agree).
 
-    ``iterations`` may differ: a search extended by more generations replays the same ones first.
+    ``iterations`` may differ: the header keeps under it the budget settings (``iterations``
+    and ``max_draws``, :data:`mmsparse.search.run.BUDGET_KEYS`), and a search given a longer
+    budget replays the shorter one's draws first.
     """
     for key in sorted(set(old) | set(new)):
         if key in ('type', 'iterations'):

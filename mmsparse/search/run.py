@@ -38,7 +38,8 @@ from .evolution import (Candidate, EvaluationBudgetReached, EvolutionSearch,
                         NoFeasibleCandidateError, SearchSettings, rank_candidates)
 from .latency_table import LatencyTable, prediction_errors
 
-__all__ = ['TIMING_DEFAULTS', 'SearchOptions', 'SearchOutcome', 'run', 'search_config', 'check_launcher',
+__all__ = ['TIMING_DEFAULTS', 'SearchOptions', 'SearchOutcome', 'run', 'search_config',
+           'check_launcher',
            'SPACE_KEYS', 'OVERRIDES', 'BUDGET_KEYS']
 
 # search_cfg keys that are not SearchSettings fields

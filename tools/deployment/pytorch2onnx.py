@@ -31,6 +31,7 @@ is :func:`mmsparse.deploy.export_model`.
 """
 import argparse
 import os.path as osp
+import sys
 
 from mmsparse.utils import UserError, build_model, load_config, run_cli
 from mmsparse.utils.cli import add_config_args, check_checkpoint, input_size
@@ -74,7 +75,10 @@ def main() -> int:
                           batch_size=args.batch_size, dynamic_batch=args.dynamic_batch,
                           opset=opset, verify=args.verify, checkpoint=args.checkpoint)
     print(report.summary())
-    return 0 if not args.verify or report.passed else 1
+    if args.verify and not report.passed:
+        print(f'error: verification failed: {report.failure()}', file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == '__main__':

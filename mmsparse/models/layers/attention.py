@@ -73,7 +73,9 @@ class Attention(BaseModule):
         layer_scale_init_value: > 0 adds a LayerScale ``gamma1``.
         policy_max_gap: the policy-gradient clip of
             :func:`~mmsparse.ops.tokens.softmax_with_policy` (policy path only); None: the
-            original DynamicViT formula (shift by the maximum over all keys, no clip).
+            original DynamicViT formula (shift by the maximum over all keys, no clip). The layer
+            defaults to mmsparse's capped variant (0), which SViTE+'s policy path uses;
+            :class:`~mmsparse.models.DynamicVisionTransformer` passes its own default, None.
         init_cfg: MMEngine init config.
 
     Attributes:
