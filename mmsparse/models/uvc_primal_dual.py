@@ -213,8 +213,9 @@ class UVCPrimalDual:
             optim_wrapper: the ``OptimWrapperDict`` (:data:`UVC_OPTIMIZERS`).
             lr: the weights' current learning rate (of the proximal step).
         """
-        masks = backbone.compute_masks(backbone.group_scores())
-        self.shrink_removed(backbone, duals, masks, lr)
+        scores = backbone.group_scores()
+        masks = backbone.compute_masks(scores)
+        self.shrink_removed(backbone, duals, masks, lr, dim_scores=scores[1])
         if backbone.warmup:
             backbone.block_gates.grad = None
             backbone.refresh_masks(masks)
@@ -229,13 +230,18 @@ class UVCPrimalDual:
     # ---- step 2 ------------------------------------------------------------------------------
     @torch.no_grad()
     def shrink_removed(self, backbone: nn.Module, duals: UVCDuals, masks: UVCMasks,
-                       lr: float) -> None:
-        """Divide the weights of the removed groups by ``1 + 2 lr dual`` (step 2)."""
+                       lr: float, dim_scores: Optional[Tensor] = None) -> None:
+        """Divide the weights of the removed groups by ``1 + 2 lr dual`` (step 2).
+
+        ``dim_scores``: the (L, H, hd) value-dim scores ``masks`` were computed from (default:
+        those of the current weights); only ``removed_head_dims='included'`` reads them.
+        """
         L, H, hd = backbone.num_layers, backbone.num_heads, backbone.head_dims
         head_f = prox_factors(~masks.heads, duals.heads, lr)  # (L, H)
         if self.removed_head_dims == 'included':  # every head's ceil(r) lowest dims
-            dim_removed = ~keep_mask_lowest(backbone.group_scores()[1],
-                                            backbone.removed_counts()[2])
+            if dim_scores is None:
+                dim_scores = backbone.group_scores()[1]
+            dim_removed = ~keep_mask_lowest(dim_scores, backbone.removed_counts()[2])
         else:  # removed dims of kept heads (a removed head's columns shrink by its head dual)
             dim_removed = ~masks.dims & masks.heads.unsqueeze(-1)
         dim_f = prox_factors(dim_removed, duals.dims, lr)  # (L, H, hd)

@@ -253,8 +253,9 @@ def softmax_with_policy(attn: Tensor, policy: Tensor, eps: float = 1e-6,
     ``eps``-sized terms). Two choices of the shift ``m_i``:
 
     - ``max_gap=None`` (the original's ``Attention.softmax_with_policy``): ``m_i`` is the maximum
-      over *all* keys, taken in ``attn``'s dtype, and autograd runs through every operation (the
-      maximum included), so values and gradients are the original's. A dropped key's policy
+      over *all* keys, taken in ``attn``'s dtype, and the gradients are those autograd gives
+      through the original's formula, the maximum included (computed by the hand-written
+      backward below), so values and gradients are the original's. A dropped key's policy
       gradient is proportional to ``exp(a_ij - m_i) / Z_i``, which reaches ``~1/eps`` when the
       attended logits lie far below a dropped key's (``Z_i -> eps``); once they all lie more
       than ``log(1/eps)`` (~14) below it, ``eps`` dominates ``Z_i`` and the row tends to the

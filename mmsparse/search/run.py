@@ -39,8 +39,7 @@ from .evolution import (Candidate, EvaluationBudgetReached, EvolutionSearch,
 from .latency_table import LatencyTable, prediction_errors
 
 __all__ = ['TIMING_DEFAULTS', 'SearchOptions', 'SearchOutcome', 'run', 'search_config',
-           'check_launcher',
-           'SPACE_KEYS', 'OVERRIDES', 'BUDGET_KEYS']
+           'check_launcher', 'SPACE_KEYS', 'OVERRIDES', 'BUDGET_KEYS']
 
 # search_cfg keys that are not SearchSettings fields
 SPACE_KEYS = ('candidates', 'group_size', 'img_size', 'metric')
