@@ -211,6 +211,15 @@ def compact_svite_checkpoint(cfg, checkpoint: str, out_prefix: str, atol: float 
     return report
 
 
+def _structure(backbone_cfg: dict) -> dict:
+    """``compact_structure`` of the compact backbone ``backbone_cfg`` describes (built
+    without weights: the layer sizes are resolved as the model resolves them)."""
+    from mmsparse.models.layers.compact_vit import compact_structure
+    from mmsparse.registry import MODELS
+    cfg = dict(copy.deepcopy(backbone_cfg), init_cfg=None)
+    return compact_structure(MODELS.build(cfg))
+
+
 def _write_compact(cfg, ckpt: dict, checkpoint: str, out_prefix: str,
                    masks: Tuple[List[Tensor], List[Tensor]], head_dims: List[int],
                    base_config: str) -> dict:
@@ -231,7 +240,8 @@ def _write_compact(cfg, ckpt: dict, checkpoint: str, out_prefix: str,
                f'from\n{checkpoint}: per-layer heads {new_bb["num_heads"]}, MLP widths '
                f'{new_bb["mlp_dims"]}.')
     meta = {k: v for k, v in ckpt.get('meta', {}).items() if isinstance(v, (str, int, float))}
-    meta.update(compacted_from=osp.abspath(checkpoint), compaction='svite')
+    meta.update(compacted_from=osp.abspath(checkpoint), compaction='svite',
+                compact_structure=_structure(new_bb))
     torch.save(dict(meta=meta, state_dict=compact_state_dict(ckpt['state_dict'], heads, neurons,
                                                              head_dims)), f'{out_prefix}.pth')
     return new_bb

@@ -217,10 +217,12 @@ def export_uvc_compact(cfg, model: nn.Module, out_prefix: str) -> Tuple[str, str
         f'UVC compact model of {cfg.filename or "a config built in memory"}, written by '
         f'mmsparse.compaction.uvc\nwith its weights {osp.abspath(ckpt_path)}: '
         f'tools/test.py <this config> <those weights>'))
+    from mmsparse.models.layers.compact_vit import compact_structure
     meta = dict(uvc=dict(
         source_flops_fraction=float(uvc.fixed_flops_fraction()),
         architecture=bb.arch_summary(),
-        dense_macs=float(uvc.cost.dense_macs)))
+        dense_macs=float(uvc.cost.dense_macs)),
+        compact_structure=compact_structure(compact.backbone))
     torch.save(dict(meta=meta, state_dict={k: v.cpu() for k, v in compact.state_dict().items()}),
                ckpt_path)
     return cfg_path, ckpt_path, compact

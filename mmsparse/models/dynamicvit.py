@@ -34,8 +34,10 @@ from mmsparse.ops.tokens import (batch_index_select, cumulative_keep_ratios, gum
                                  policy_weighted_mean, random_keep_decision, select_topk_tokens)
 from mmsparse.registry import MODELS
 from mmsparse.validation import Keys
-from ._vit_utils import vit_layer_cfgs, vit_tokens
-from .layers import EncoderLayer
+from ._vit_utils import vit_tokens
+from .compose import (check_compact_weights, load_compact_weights, read_compact_checkpoint,
+                      structured_backbone_cfg)
+from .layers.compact_vit import CompactVisionTransformer
 from .teacher import FrozenTeacherMixin
 
 __all__ = ['DynamicViTPredictor', 'DynamicVisionTransformer', 'DynamicViTClassifier']
@@ -113,12 +115,18 @@ class DynamicViTPredictor(BaseModule):
 
 
 @MODELS.register_module()
-class DynamicVisionTransformer(VisionTransformer):
+class DynamicVisionTransformer(CompactVisionTransformer):
     """mmpretrain's ``VisionTransformer`` with DynamicViT token pruning.
 
     All of ``VisionTransformer``'s arguments (``arch='deit-tiny' | 'deit-small' | 'deit-base'``
     or a dict, ``img_size``, ``patch_size``, ``drop_path_rate``, ``out_type``, ``init_cfg`` ...)
     and state_dict keys are kept; the predictors (``predictors.<k>.*``) are the only new keys.
+    It is the one compact ViT (:class:`~mmsparse.models.layers.compact_vit.
+    CompactVisionTransformer`), so its layers may have their own sizes (``num_heads``,
+    ``head_dims``, ``v_dims``, ``mlp_dims``, ``skip_layers``, ``remove_empty_branches``): token
+    pruning on a UVC or S²ViTE compact model (see ``DynamicViTClassifier.compact_checkpoint``).
+    ``pruning_loc`` counts the layers of this model (a UVC compact model has its skipped blocks
+    removed, so its layers are renumbered; S²ViTE's skipped layers keep their index).
 
     Before block ``pruning_loc[k]`` a predictor scores the patch tokens (the output of block
     ``pruning_loc[k] - 1``) and stage k keeps ``keep_ratios[k]`` of the *original* patch tokens.
@@ -175,6 +183,8 @@ class DynamicVisionTransformer(VisionTransformer):
         if policy_max_gap is not None:
             _BACKBONE.number('policy_max_gap', policy_max_gap, 0)
             policy_max_gap = float(policy_max_gap)
+        # read by _layer_cfgs during CompactVisionTransformer.__init__ (before nn.Module's)
+        object.__setattr__(self, '_policy_max_gap', policy_max_gap)
         super().__init__(arch=arch, **kwargs)
         self.pruning_loc = self._check_pruning_loc(pruning_loc, self.num_layers)
         self.keep_rate = keep_rate
@@ -192,13 +202,6 @@ class DynamicVisionTransformer(VisionTransformer):
         self.gumbel_tau = gumbel_tau
         # None, or the kept_indices of the last inference forward (record_kept_tokens)
         self.kept_tokens: Optional[List[Tensor]] = None
-
-        # the encoder layers again, as mmsparse's layer (same arguments and keys), which takes
-        # a keep policy
-        self.layers = ModuleList([EncoderLayer(**cfg) for cfg in vit_layer_cfgs(
-            self, kwargs, policy_max_gap=[policy_max_gap] * self.num_layers)])
-        if self.frozen_stages > 0:
-            self._freeze_stages()
         self.predictors = ModuleList(
             [DynamicViTPredictor(self.embed_dims) for _ in self.pruning_loc]
         ) if selector == 'predictor' else None
@@ -238,6 +241,11 @@ class DynamicVisionTransformer(VisionTransformer):
         :meth:`forward_with_aux`, one (B, K_k) tensor per stage (e.g. for the kept-token check of
         an ONNX export, whose graph runs ``forward``)."""
         self.kept_tokens = [] if enabled else None
+
+    def _layer_cfgs(self, kwargs: dict, **per_layer: Sequence) -> List[dict]:
+        # every layer's attention takes the keep policy with the configured softmax
+        return super()._layer_cfgs(
+            kwargs, policy_max_gap=[self._policy_max_gap] * self.num_layers, **per_layer)
 
     def train(self, mode: bool = True) -> 'DynamicVisionTransformer':
         super().train(mode)  # mmpretrain's BaseBackbone.train returns None
@@ -285,7 +293,8 @@ class DynamicVisionTransformer(VisionTransformer):
                     positions = idx if positions is None else batch_index_select(positions, idx)
                     kept.append(positions)
                 stage += 1
-            x = layer(x, policy)
+            if not isinstance(layer, nn.Identity):  # a skipped (S²ViTE) layer passes x on
+                x = layer(x, policy)
             if i == len(self.layers) - 1 and self.final_norm:
                 x = self.ln1(x)
             if i in self.out_indices:
@@ -345,6 +354,12 @@ class DynamicViTClassifier(FrozenTeacherMixin, ImageClassifier):
             ``model`` is the teacher. Its backbone must be a ``VisionTransformer`` of the
             student's arch, patch grid and classes.
         teacher_checkpoint: checkpoint (path or URL) of the teacher.
+        compact_checkpoint: None, or a compact checkpoint (UVC / S²ViTE, with
+            ``meta['compact_structure']``): the backbone gets its structure (arch, per-layer
+            heads, value dims, MLP widths, skipped layers) and starts from its weights in
+            ``init_weights``; only the predictors are new (see :mod:`mmsparse.models.compose`).
+            The default teacher is then the compact model as loaded; a dense teacher is a
+            ``teacher`` config with its ``teacher_checkpoint``.
         distill: build a teacher and add the two distillation losses.
         ratio_weight: weight of the keep-ratio loss (original: 2.0; 5.0 for DeiT-B).
         distill_weight: weight of the logit KL (original 0.5).
@@ -359,7 +374,8 @@ class DynamicViTClassifier(FrozenTeacherMixin, ImageClassifier):
 
     def __init__(self, backbone: dict, neck: Optional[dict] = None, head: Optional[dict] = None,
                  teacher: Optional[Union[str, dict]] = None,
-                 teacher_checkpoint: Optional[str] = None, distill: bool = True,
+                 teacher_checkpoint: Optional[str] = None,
+                 compact_checkpoint: Optional[str] = None, distill: bool = True,
                  ratio_weight: float = 2.0, distill_weight: float = 0.5,
                  token_distill_weight: float = 0.5, **kwargs) -> None:
         for name, w in (('ratio_weight', ratio_weight), ('distill_weight', distill_weight),
@@ -367,6 +383,15 @@ class DynamicViTClassifier(FrozenTeacherMixin, ImageClassifier):
             _MODEL.number(name, w, 0)
         _MODEL.require('neck', neck is None, f'must be None for DynamicViTClassifier (the head '
                        f'reads the class token), got {neck!r}')
+        self.compact_checkpoint = compact_checkpoint
+        compact_sd = None
+        if compact_checkpoint is not None:
+            _MODEL.require('backbone', isinstance(backbone, dict), 'must be a config dict with '
+                           'model.compact_checkpoint (the checkpoint sets its layer sizes)')
+            structure, compact_sd = read_compact_checkpoint(compact_checkpoint,
+                                                            _MODEL.key('compact_checkpoint'))
+            backbone = structured_backbone_cfg(backbone, structure,
+                                               _MODEL.key('compact_checkpoint'))
         backbone_cfg = copy.deepcopy(backbone) if isinstance(backbone, dict) else None
         head_cfg = copy.deepcopy(head) if isinstance(head, dict) else None
         super().__init__(backbone, neck=None, head=head, **kwargs)
@@ -381,6 +406,20 @@ class DynamicViTClassifier(FrozenTeacherMixin, ImageClassifier):
                         f"backbone.out_type='cls_token', got {self.backbone.out_type!r} (or set "
                         f"model.distill=False)")
         self._init_teacher(teacher, teacher_checkpoint, backbone_cfg, head_cfg, build=distill)
+        if compact_sd is not None:  # shapes checked now, loaded by init_weights
+            check_compact_weights(self, compact_sd, self._fresh_prefixes(),
+                                  _MODEL.key('compact_checkpoint'))
+
+    def _fresh_prefixes(self) -> Tuple[str, ...]:
+        """The weights a compact start does not hold: the token-pruning modules."""
+        return ('backbone.predictors.', )
+
+    def init_weights(self) -> None:
+        """The configured initialisation; then the compact checkpoint's weights (if any)."""
+        super().init_weights()
+        if self.compact_checkpoint is not None:
+            load_compact_weights(self, self.compact_checkpoint, self._fresh_prefixes(),
+                                 _MODEL.key('compact_checkpoint'))
 
     # ---- the teacher -------------------------------------------------------------------------
     def _adapt_teacher_cfg(self, cfg: dict) -> dict:
@@ -395,7 +434,10 @@ class DynamicViTClassifier(FrozenTeacherMixin, ImageClassifier):
         if not isinstance(tb, VisionTransformer) or isinstance(tb, DynamicVisionTransformer):
             raise ConfigError(f'model.teacher: backbone must be a dense (mmpretrain) '
                               f'VisionTransformer, got {type(tb).__name__}')
-        keys = ('embed_dims', 'num_layers', 'num_heads', 'feedforward_channels')
+        # the losses compare logits and final tokens: the width and the token grid must agree
+        # (a compact student's teacher may be the dense model it was compacted from)
+        keys = ('embed_dims', ) if self.compact_checkpoint is not None else \
+            ('embed_dims', 'num_layers', 'num_heads', 'feedforward_channels')
         t_arch = {k: tb.arch_settings.get(k) for k in keys}
         s_arch = {k: sb.arch_settings.get(k) for k in keys}
         if t_arch != s_arch or tuple(tb.patch_resolution) != tuple(sb.patch_resolution):

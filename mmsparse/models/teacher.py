@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from mmsparse.errors import ConfigError
 from mmsparse.registry import MODELS
+from .layers.compact_vit import STRUCTURE_KEYS
 
 __all__ = ['FrozenTeacherMixin']
 
@@ -91,7 +92,10 @@ class FrozenTeacherMixin:
                 raise ConfigError('model.teacher: give a teacher config when backbone and head '
                                   'are modules rather than config dicts')
             bb = {k: v for k, v in backbone_cfg.items() if k not in self._student_only_keys}
-            bb.update(type='mmpretrain.VisionTransformer', init_cfg=None)
+            # a student with its own layer sizes (a compact model) has a compact teacher
+            compact = any(k in bb for k in STRUCTURE_KEYS)
+            bb.update(type='mmsparse.CompactVisionTransformer' if compact else
+                      'mmpretrain.VisionTransformer', init_cfg=None)
             cfg = dict(type='mmpretrain.ImageClassifier', backbone=bb, head=head_cfg)
         elif isinstance(teacher, str):
             from mmengine.config import Config

@@ -35,10 +35,14 @@ from .._vit_utils import vit_layer_cfgs, vit_tokens
 from .attention import Attention
 from .encoder import EncoderLayer
 
-__all__ = ['CompactVisionTransformer', 'UVCCompactVisionTransformer']
+__all__ = ['CompactVisionTransformer', 'UVCCompactVisionTransformer', 'STRUCTURE_KEYS',
+           'compact_structure']
 
 IntOrList = Union[int, Sequence[int], None]
 _KEYS = Keys('model.backbone')
+# the CompactVisionTransformer arguments that say how large each layer is (besides ``arch``)
+STRUCTURE_KEYS = ('num_heads', 'head_dims', 'v_dims', 'mlp_dims', 'skip_layers',
+                  'remove_empty_branches')
 
 
 def _is_int(value) -> bool:
@@ -142,14 +146,15 @@ class CompactVisionTransformer(VisionTransformer):
         if self.frozen_stages > 0:
             self._freeze_stages()
 
-    def _layer_cfgs(self, kwargs: dict) -> List[dict]:
-        """The per-layer arguments, as ``VisionTransformer.__init__`` builds them."""
+    def _layer_cfgs(self, kwargs: dict, **per_layer: Sequence) -> List[dict]:
+        """The per-layer arguments, as ``VisionTransformer.__init__`` builds them (plus a
+        subclass's ``per_layer`` ones, one value per layer)."""
         remove = self.remove_empty_branches
         return vit_layer_cfgs(
             self, kwargs, num_heads=self.layer_num_heads, head_dims=self.layer_head_dims,
             v_dims=self.layer_v_dims, feedforward_channels=self.layer_mlp_dims,
             with_attn=[not (remove and h == 0) for h in self.layer_num_heads],
-            with_ffn=[not (remove and m == 0) for m in self.layer_mlp_dims])
+            with_ffn=[not (remove and m == 0) for m in self.layer_mlp_dims], **per_layer)
 
     def attention_layers(self) -> List[Optional[Attention]]:
         """The attention module of each layer (None for a skipped layer or removed branch)."""
@@ -172,6 +177,29 @@ class CompactVisionTransformer(VisionTransformer):
         if self.final_norm:
             x = self.ln1(x)
         return (self._format_output(x, patch_resolution), )
+
+
+def compact_structure(backbone: CompactVisionTransformer) -> dict:
+    """How large each layer of ``backbone`` is, as plain ints and lists (checkpoint meta).
+
+    The result holds ``arch`` (``embed_dims``, ``num_layers``, ``num_heads``,
+    ``feedforward_channels``) and the :data:`STRUCTURE_KEYS`; given to any
+    :class:`CompactVisionTransformer` subclass (with the same ``img_size`` / ``patch_size``) it
+    builds layers whose weights have ``backbone``'s shapes and keys. The compactions save it as
+    ``meta['compact_structure']`` of the compact checkpoint, which is where
+    ``DynamicViTClassifier(compact_checkpoint=...)`` reads it.
+    """
+    arch = backbone.arch_settings
+    return dict(
+        arch=dict(embed_dims=int(backbone.embed_dims), num_layers=int(backbone.num_layers),
+                  num_heads=int(arch['num_heads']),
+                  feedforward_channels=int(arch['feedforward_channels'])),
+        num_heads=[int(h) for h in backbone.layer_num_heads],
+        head_dims=[int(d) for d in backbone.layer_head_dims],
+        v_dims=[[int(d) for d in dims] for dims in backbone.layer_v_dims],
+        mlp_dims=[int(m) for m in backbone.layer_mlp_dims],
+        skip_layers=[int(i) for i in backbone.skip_layers],
+        remove_empty_branches=bool(backbone.remove_empty_branches))
 
 
 @MODELS.register_module()
