@@ -14,13 +14,23 @@ a group and choice ``c``, the probe sets ``g`` and every later gene of its group
 0), and ``delta[g][c] = L(probe(g, c)) - L(probe(next gene of the group, c))`` (or ``- base`` for
 the last gene of a group, and for a gene in no group). That is ``1 + sum_g (choices_g - 1)``
 measurements (49 for Swin-T with 9 candidate ratios).
+
+With a categorical gene (a joint space, ``search_cfg.structures``: gene 0 picks one of several
+models) the table is :class:`StructureLatencyTable`, one :class:`LatencyTable` per model over the
+inner genes, measured on that model. One additive table across the categorical gene would be
+wrong, not merely inexact: a keep-ratio step saves the dropped tokens' cost in every later layer,
+and that cost is the structure's (a narrower model saves less per token), so structure and keep
+ratio interact in every delta. Per-structure tables stay exact wherever the single-model table is,
+at ``len(structures)`` times the probes (2 x 15 for two models and two DynamicViT stages of 8
+candidates).
 """
 from dataclasses import dataclass
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from .evolution import Genome, GenomeSpace
 
-__all__ = ['LatencyTable', 'probe_genomes', 'build_latency_table', 'prediction_errors']
+__all__ = ['LatencyTable', 'StructureLatencyTable', 'table_from_dict', 'probe_genomes',
+           'build_latency_table', 'prediction_errors']
 
 
 def _group_of(space: GenomeSpace) -> Dict[int, Tuple[int, ...]]:
@@ -68,6 +78,40 @@ class LatencyTable:
     @classmethod
     def from_dict(cls, d: Dict[str, Any]) -> 'LatencyTable':
         return cls(base=float(d['base']), deltas=[[float(v) for v in row] for row in d['deltas']])
+
+
+@dataclass
+class StructureLatencyTable:
+    """One :class:`LatencyTable` per structure of a joint genome ``(structure, *inner genes)``.
+
+    ``predict(genome) = tables[genome[0]].predict(genome[1:])`` (see the module docstring for why
+    the categorical gene gets its own tables rather than a row of deltas).
+    """
+    tables: List[LatencyTable]
+
+    def predict(self, genome: Sequence[int]) -> float:
+        """Predicted latency (ms) of a joint genome."""
+        index = int(genome[0])
+        if not 0 <= index < len(self.tables):
+            raise ValueError(f'structure gene {index} outside the {len(self.tables)} tables')
+        return self.tables[index].predict(genome[1:])
+
+    @property
+    def base(self) -> float:
+        """The fastest structure's base latency (its least sparse setting)."""
+        return min(t.base for t in self.tables)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dict(structures=[t.to_dict() for t in self.tables])
+
+    @classmethod
+    def from_dict(cls, d: Dict[str, Any]) -> 'StructureLatencyTable':
+        return cls([LatencyTable.from_dict(t) for t in d['structures']])
+
+
+def table_from_dict(d: Dict[str, Any]) -> Any:
+    """A :class:`LatencyTable` or :class:`StructureLatencyTable` from its ``to_dict``."""
+    return StructureLatencyTable.from_dict(d) if 'structures' in d else LatencyTable.from_dict(d)
 
 
 def build_latency_table(space: GenomeSpace, measured: Dict[Genome, float]) -> LatencyTable:
