@@ -425,6 +425,31 @@ def test_hooks_ignore_masks_of_the_other_kind():
     assert hook._restored is not None and hook._restored.num_updates == 2
 
 
+def _composes(compact_ckpt: str, compact_cfg: str) -> None:
+    """DynamicViT at keep ratio 1 on a compact checkpoint computes the compact model's logits."""
+    from mmengine.config import Config
+    from mmsparse.registry import MODELS
+    from mmsparse.utils import build_model
+    compact = build_model(Config.fromfile(compact_cfg), compact_ckpt).eval()
+    cfg = Config.fromfile(compact_cfg).model.to_dict()
+    bb = {k: v for k, v in cfg['backbone'].items()
+          if k not in ('num_heads', 'head_dims', 'mlp_dims', 'token_keep', 'token_tau',
+                       'token_train_mode', 'layers', 'embed_dims', 'dense_num_layers')}
+    if 'arch' not in bb:  # UVC's compact config names the width, not an arch
+        bb['arch'] = dict(embed_dims=cfg['backbone']['embed_dims'], num_layers=6, num_heads=3,
+                          feedforward_channels=384)
+    bb.update(type='mmsparse.DynamicVisionTransformer', pruning_loc=[1], keep_rate=1.0)
+    composed = MODELS.build(dict(type='mmsparse.DynamicViTClassifier', _scope_='mmpretrain',
+                                 backbone=bb, head=cfg['head'], compact_checkpoint=compact_ckpt,
+                                 distill=False))
+    composed.init_weights()
+    composed.eval()
+    x = torch.randn(2, 1, 28, 28)
+    with torch.no_grad():
+        torch.testing.assert_close(composed(x, mode='tensor'), compact(x, mode='tensor'),
+                                   rtol=0, atol=2e-5)
+
+
 def test_compact_svite_checkpoint_from_python(tmp_path):
     from mmsparse.compaction import compact_svite_checkpoint
     from mmsparse.engine import StructuredSparseTrainingHook
@@ -450,6 +475,9 @@ def test_compact_svite_checkpoint_from_python(tmp_path):
     assert 'TokenSelectorTemperatureHook' in text  # other hooks are kept
     saved = load_checkpoint_file(report['checkpoint'])
     assert saved['meta']['compaction'] == 'svite' and saved['meta']['epoch'] == 1
+    # the structure travels in the file: a DynamicViT built on it is the compact model
+    assert saved['meta']['compact_structure']['num_heads'] == [2] * 6
+    _composes(report['checkpoint'], report['config'])
     # without checkpoint['svite'] the masks are read off the zero rows: the same model
     del ckpt['svite']
     torch.save(ckpt, tmp_path / 'plain.pth')

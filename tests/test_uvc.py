@@ -758,6 +758,9 @@ def test_stage2_compaction_test_and_compact_tool(stage1_runs):
     assert 'UVC compact model written' in log
     compact_cfg, compact_ckpt = s2 / 'uvc_compact.py', s2 / 'uvc_compact.pth'
     assert compact_cfg.is_file() and compact_ckpt.is_file()
+    # its structure travels in the file: DynamicViT on it at keep ratio 1 is the compact model
+    from tests.test_svite import _composes
+    _composes(str(compact_ckpt), str(compact_cfg))
     # the compact model runs as a normal classifier
     out = tmp / 'metrics.json'
     ok(run_tool('tools/test.py', compact_cfg, compact_ckpt, '--work-dir', tmp / 't',

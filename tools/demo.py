@@ -33,6 +33,11 @@ ROWS = [
     dict(name='UVC budget 0.5 (compact)',
          config='configs/uvc/uvc-vit-tiny-p4_stage2_fashion-mnist-demo.py',
          init_from='UVC stage 1 (search, masked)'),
+    # stacked sparsity: DynamicViT's predictors trained on the UVC row's compact model (its
+    # uvc_compact.pth as model.compact_checkpoint), distilling from that compact model
+    dict(name='UVC 0.5 + DynamicViT ρ=0.7',
+         config='configs/compose/dynamicvit-uvc-vit-tiny-p4_budget0.5_fashion-mnist.py',
+         init_from=None, compact_from='UVC budget 0.5 (compact)'),
 ]
 
 
@@ -48,10 +53,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def row_work_dir(row: dict, work_dir: str) -> str:
+    return osp.join(work_dir, osp.splitext(osp.basename(row['config']))[0])
+
+
 def train_and_test(row: dict, work_dir: str, init_ckpt: str, reuse: bool):
     """Train ``row``'s config (unless reused), test it; returns (model, top-1, checkpoint)."""
     cfg = load_config(row['config'])
-    cfg.work_dir = osp.join(work_dir, osp.splitext(osp.basename(row['config']))[0])
+    cfg.work_dir = row_work_dir(row, work_dir)
+    if row.get('compact_from'):  # the compact model UVCCompactHook wrote in that row's work dir
+        source = next(r for r in ROWS if r['name'] == row['compact_from'])
+        cfg.model.compact_checkpoint = osp.join(row_work_dir(source, work_dir), 'uvc_compact.pth')
     ckpt = osp.join(cfg.work_dir, f"epoch_{cfg.train_cfg['max_epochs']}.pth")
     if reuse and osp.isfile(ckpt):
         cfg.load_from = ckpt
@@ -70,6 +82,11 @@ def main() -> int:
     from mmsparse.utils.cli import UserError, positive_ints
     positive_ints(args.batch_sizes, '--batch-sizes')
     rows = ROWS if args.rows is None else [r for r in ROWS if r['name'] in args.rows]
+    names = [r['name'] for r in rows]
+    for row in rows:  # a row starts from an earlier row: both run, in this order
+        for need in (row['init_from'], row.get('compact_from')):
+            if need and need not in names:
+                raise UserError(f'--rows: {row["name"]!r} starts from {need!r}: give both')
     if not rows:
         raise UserError(f'--rows: none of {args.rows} is a demo row; rows: '
                         f'{[r["name"] for r in ROWS]}')

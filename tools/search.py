@@ -1,8 +1,11 @@
 """Latency-constrained evolutionary search of a sparse backbone's setting (SparseViT's search).
 
 Searches SparseViT window ratios (``mmsparse.SparseSwinTransformer``) or DynamicViT keep ratios
-(``mmsparse.DynamicVisionTransformer``) for the best score of the config's evaluator among the
-candidates whose measured latency lies in [--min-latency, --max-latency] ms. Writes to the work
+(``mmsparse.DynamicVisionTransformer``, dense or composed on a compact model) for the best score
+of the config's evaluator among the candidates whose measured latency lies in [--min-latency,
+--max-latency] ms (or search_cfg.min_latency / max_latency). With search_cfg.structures (a list of
+composed DynamicViT models, CHECKPOINT none) it searches which model and its keep ratios
+together. Writes to the work
 dir: the log (one JSON line per candidate; rerunning the same command resumes from it), the best
 candidate (JSON) and ``search_best_*.py``, a config for fine-tuning with the best setting.
 One search at a time writes a log (a second one on the same log refuses), and the ranks of a
@@ -12,6 +15,7 @@ only parses the flags.
 
     torchpack dist-run -np 8 python tools/search.py CONFIG CKPT --max-latency 42 --min-latency 37
     python tools/search.py CONFIG none --max-latency 40 --img-size 224     # one process
+    python tools/search.py configs/compose/dynamicvit-compose_search_fashion-mnist.py none
 """
 import argparse
 import json
@@ -25,15 +29,21 @@ def parse_args(argv=None) -> argparse.Namespace:
         description=__doc__.splitlines()[0],
         epilog='Search settings come from the config\'s search_cfg = dict(population_size=100, '
                'parents=25, mutation_prob=0.1, max_draws=10000, iterations=None, '
-               "selection='population', mutation='sample', seed=0, candidates=None, ...): "
-               'SparseViT\'s searcher; the flags below override them.')
+               "selection='population', mutation='sample', seed=0, candidates=None, "
+               'max_latency=None, min_latency=None, structures=None, ...): SparseViT\'s '
+               'searcher; the flags below override them. structures=[dict(name=..., '
+               'compact_checkpoint=..., checkpoint=...), ...]: composed DynamicViT models to '
+               'choose among (one more, categorical gene).')
     parser.add_argument('config', help='config file path (its model.backbone is searched)')
     parser.add_argument('checkpoint', help="weights to evaluate (e.g. the SAA checkpoint), or "
                         "'none' to use the config's initial weights (scores are then only "
-                        'useful to test the tool)')
+                        'useful to test the tool); none with search_cfg.structures (each entry '
+                        'names its checkpoint)')
     win = parser.add_argument_group('latency window')
-    win.add_argument('--max-latency', type=float, required=True, help='ms, upper end')
-    win.add_argument('--min-latency', type=float, default=0.0, help='ms, lower end (default 0)')
+    win.add_argument('--max-latency', type=float, default=None,
+                     help='ms, upper end (default: search_cfg.max_latency; one is required)')
+    win.add_argument('--min-latency', type=float, default=None,
+                     help='ms, lower end (default: search_cfg.min_latency, else 0)')
     win.add_argument('--part', choices=['backbone', 'model'], default='backbone',
                      help='what is timed (default: backbone, as SparseViT)')
     win.add_argument('--img-size', type=int, nargs='+', default=None,
@@ -93,8 +103,9 @@ def main() -> int:
               f'{out.log_path}', flush=True)
         return 0
     best = out.best
+    structure = f' ({out.structure.checkpoint})' if out.structure is not None else ''
     print(f'search best (rank {out.rank}/{out.world_size}): {out.space}='
-          f'{json.dumps(best.config)} latency {best.latency_ms:.3f} ms {out.metric} '
+          f'{json.dumps(best.config)}{structure} latency {best.latency_ms:.3f} ms {out.metric} '
           f'{best.score:.6f} key {best.key[:16]} (new {out.report["evaluated_this_run"]}, '
           f'from log {out.resumed_from})', flush=True)
     return 0

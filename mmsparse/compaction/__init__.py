@@ -14,6 +14,7 @@ The SViTE masks are read from a checkpoint through :func:`mmsparse.engine.svite.
 the one reader of the schema the training hooks write.
 """
 from . import sparse_ckpt, svite  # noqa: F401  (the modules, as before)
+from .magnitude import compact_magnitude_checkpoint  # noqa: F401  (uniform magnitude baseline)
 from .sparse_ckpt import export_sparse_checkpoint, load_sparse_checkpoint, save_sparse_checkpoint
 from .svite import compact_svite_checkpoint
 

@@ -13,11 +13,14 @@ config into what :class:`~mmsparse.search.evolution.EvolutionSearch` needs:
   and evaluator, every rank evaluating its shard (the distributed sampler) and MMEngine's
   evaluator collecting them. No hooks run, so e.g. the SAA hook cannot reset the ratios and no
   checkpoint is saved per candidate;
-- agreement: every value the search decides on is broadcast from rank 0.
+- agreement: every value the search decides on is broadcast from rank 0;
+- a joint search (``search_cfg.structures``): one model per entry (:func:`structure_models`,
+  the Runner's model being entry 0's), each loaded strictly from its composed checkpoint; the
+  candidate's categorical gene picks the model that is timed and evaluated.
 """
 import os
 import statistics
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from mmengine.config import Config
@@ -27,14 +30,23 @@ from mmsparse.models.utils import unwrap_model
 from mmsparse.ops.windows import RATIO_GROUP_SIZE
 from mmsparse.utils.cli import UserError
 from .evolution import Candidate, Genome
-from .latency_table import LatencyTable, build_latency_table, probe_genomes
+from .evolution import SearchSettingsError
+from .latency_table import (LatencyTable, StructureLatencyTable, build_latency_table,
+                            probe_genomes, table_from_dict)
 from .log import SearchLogLock, SearchLogWriter, header_mismatch, read_log
-from .spaces import SearchSpace
+from .spaces import AnySpace, JointSearchSpace
+from .structures import StructureEntry
 
 __all__ = ['DEFAULT_METRICS', 'window_defaults', 'choose_split', 'prepare_eval_config',
            'default_metric', 'agree', 'median_over_ranks', 'unwrap_model', 'type_name',
            'is_saa_hook',
-           'CandidateRunner', 'load_or_measure_table', 'open_search_log', 'finetune_updates']
+           'CandidateRunner', 'load_or_measure_table', 'open_search_log', 'finetune_updates',
+           'check_structures_model', 'structure_models', 'load_composed_weights',
+           'timed_num_patches', 'HEADER_SOURCES']
+
+# where a search log header's key comes from, for the message refusing a resume under a change
+HEADER_SOURCES = {'structures': 'search_cfg.structures', 'candidates': 'search_cfg.candidates',
+                  'checkpoint': 'CHECKPOINT', 'settings': 'search_cfg'}
 
 # the metric a search maximises, by evaluator type (else: the first key the evaluator returns)
 DEFAULT_METRICS = {'CocoMetric': 'coco/bbox_mAP', 'IoUMetric': 'mIoU', 'Accuracy': 'accuracy/top1',
@@ -141,9 +153,14 @@ def _coco_on_dataset_only(evaluator: Any, dataset: Any) -> None:
 class CandidateRunner:
     """Measures and evaluates candidates of one search space on a built Runner.
 
+    With a joint space (:class:`~mmsparse.search.spaces.JointSearchSpace`) it holds one model per
+    structure (``models``, entry 0 the Runner's) and a candidate's gene 0 picks the model whose
+    backbone takes the candidate's setting and which is then timed and evaluated; the others
+    stay untouched.
+
     Args:
         runner: an MMEngine Runner built from the config (weights loaded).
-        space: the search space (sets ``backbone.<space.name>``).
+        space: the search space (sets ``backbone.<space.attribute>``).
         split: 'val' or 'test'.
         metric: key of the evaluator's metrics to maximise (None: the first key returned).
         part: 'backbone' or 'model', what latency is measured of.
@@ -152,17 +169,28 @@ class CandidateRunner:
         channels: image channels of the latency input.
         warmup: untimed calls before timing.
         runs: timed calls.
+        models: the structures' models, unwrapped, in the space's structure order, the first
+            being the Runner's (default: the Runner's model alone).
     """
 
-    def __init__(self, runner: Any, space: SearchSpace, split: str, metric: Optional[str],
+    def __init__(self, runner: Any, space: AnySpace, split: str, metric: Optional[str],
                  part: str, img_size: Tuple[int, int], batch_size: int, channels: int = 3,
-                 warmup: int = 5, runs: int = 20) -> None:
+                 warmup: int = 5, runs: int = 20,
+                 models: Optional[Sequence[torch.nn.Module]] = None) -> None:
         from mmsparse.analysis import make_images, part_callable
         self.runner = runner
         self.space = space
         self.metric = metric
-        self.model = unwrap_model(runner.model)
+        self.models = list(models) if models else [unwrap_model(runner.model)]
+        if len(self.models) != max(1, len(space.structures)):
+            raise ValueError(f'{len(self.models)} models for the {len(space.structures)} '
+                             f'structures of the space')
+        self.model = self.models[0]
         self.backbone = self.model.backbone
+        # evaluation runs the Runner's model (its wrapper's val_step) for entry 0; the other
+        # structures are plain modules (a wrapper's val_step only calls the module's)
+        self._eval_models = [runner.model] + self.models[1:]
+        self.active = 0
         loop = runner.val_loop if split == 'val' else runner.test_loop
         self.dataloader, self.evaluator = loop.dataloader, loop.evaluator
         self.fp16 = bool(getattr(loop, 'fp16', False))
@@ -170,25 +198,30 @@ class CandidateRunner:
         self.warmup, self.runs = warmup, runs
         device = next(self.model.parameters()).device
         self.images = make_images(batch_size, img_size, channels, device=str(device))
-        self._call = part_callable(self.model, part, self.images)
+        self._calls = [part_callable(m, part, self.images) for m in self.models]
+        self._call = self._calls[0]
         self.metrics_seen: Dict[str, float] = {}
 
     def set(self, genome: Genome) -> Any:
-        """Put the candidate's setting on the backbone."""
-        return self.space.apply(self.backbone, genome)
+        """Make the candidate's model the active one and put its setting on its backbone."""
+        index, value = self.space.setting(genome)
+        self.active = index
+        setattr(self.models[index].backbone, self.space.attribute, value)
+        return value
 
     def latency(self, genome: Genome) -> float:
         """Trimmed-mean latency (ms) on this rank, median over ranks, agreed from rank 0."""
         from mmsparse.analysis import measure_latency
         self.set(genome)
-        self.model.eval()
-        res = measure_latency({'c': self._call}, warmup=self.warmup, runs=self.runs)['c']
+        self.models[self.active].eval()
+        res = measure_latency({'c': self._calls[self.active]}, warmup=self.warmup,
+                              runs=self.runs)['c']
         return agree(median_over_ranks(res.trimmed_mean_ms))
 
     def evaluate(self, genome: Genome) -> Dict[str, float]:
         """The evaluator's metrics of the candidate (all ranks share the dataset)."""
         self.set(genome)
-        model = self.runner.model
+        model = self._eval_models[self.active]
         model.eval()
         with torch.no_grad():
             for batch in self.dataloader:
@@ -211,41 +244,156 @@ class CandidateRunner:
         return metrics[self.metric]
 
     def _with(self, genome: Genome) -> Callable[[], Any]:
-        value = self.space.decode(genome)
+        index, value = self.space.setting(genome)
+        backbone, call = self.models[index].backbone, self._calls[index]
+        name = self.space.attribute
 
         def run() -> Any:
-            setattr(self.backbone, self.space.name, value)  # cheap; lets two settings alternate
-            return self._call()
+            setattr(backbone, name, value)  # cheap; lets two settings alternate
+            return call()
         return run
 
-    def latency_table(self, log: Optional[Callable[[str], None]] = None) -> LatencyTable:
-        """Measure the probe genomes once and build the per-gene table.
-
-        Each probe is timed interleaved with the all-zero genome and enters the table as the
-        difference, added to the median of all the all-zero timings: a shared machine's drift
-        during the many probes then cancels instead of landing in the deltas.
-        """
+    def _measure_table(self, prefix: Genome, inner: Any, log: Optional[Callable[[str], None]],
+                       what: str) -> LatencyTable:
+        """The per-gene table of the ``inner`` genome space, each genome timed as
+        ``prefix + genome`` (a joint genome for one structure, or the genome itself)."""
         from mmsparse.analysis import measure_latency
-        probes = probe_genomes(self.space.genome_space)
-        zero, base_fn = probes[0], self._with(probes[0])
-        self.model.eval()
+        probes = probe_genomes(inner)
+        zero, base_fn = probes[0], self._with(prefix + probes[0])
         bases, diffs = [], {}
         for i, genome in enumerate(probes[1:]):
-            res = measure_latency({'base': base_fn, 'probe': self._with(genome)},
+            res = measure_latency({'base': base_fn, 'probe': self._with(prefix + genome)},
                                   warmup=self.warmup, runs=self.runs)
             base = median_over_ranks(res['base'].trimmed_mean_ms)
             diffs[genome] = median_over_ranks(res['probe'].trimmed_mean_ms) - base
             bases.append(base)
             if log is not None and (i + 1) % 10 == 0:
-                log(f'latency table: {i + 1}/{len(probes) - 1} probes measured')
-        base = statistics.median(bases) if bases else self.latency(zero)
+                log(f'latency table{what}: {i + 1}/{len(probes) - 1} probes measured')
+        base = statistics.median(bases) if bases else self.latency(prefix + zero)
         measured = agree({zero: base, **{g: base + d for g, d in diffs.items()}})
-        return build_latency_table(self.space.genome_space, measured)
+        return build_latency_table(inner, measured)
+
+    def latency_table(self, log: Optional[Callable[[str], None]] = None) -> Any:
+        """Measure the probe genomes once and build the per-gene table (a joint space: one table
+        per structure, :class:`~mmsparse.search.latency_table.StructureLatencyTable`).
+
+        Each probe is timed interleaved with the all-zero genome and enters the table as the
+        difference, added to the median of all the all-zero timings: a shared machine's drift
+        during the many probes then cancels instead of landing in the deltas.
+        """
+        for m in self.models:
+            m.eval()
+        if not isinstance(self.space, JointSearchSpace):
+            return self._measure_table((), self.space.genome_space, log, '')
+        inner = self.space.inner.genome_space
+        return StructureLatencyTable([
+            self._measure_table((i, ), inner, log, f' ({name})')
+            for i, name in enumerate(self.space.structures)])
 
 
-def load_or_measure_table(path: str, meta: Dict[str, Any], measure: Callable[[], LatencyTable],
-                          log: Callable[[str], None]) -> LatencyTable:
-    """A table saved at ``path`` for the same ``meta``, else a fresh one (saved by rank 0)."""
+def timed_num_patches(backbone: torch.nn.Module, img_size: Tuple[int, int],
+                      channels: int) -> int:
+    """Patch tokens of a ViT backbone for an ``img_size`` input (its patch embedding run once)."""
+    device = next(backbone.parameters()).device
+    with torch.no_grad():
+        _, grid = backbone.patch_embed(torch.zeros(1, channels, *img_size, device=device))
+    return int(grid[0] * grid[1])
+
+
+def check_structures_model(cfg: Config) -> None:
+    """``search_cfg.structures`` needs a ``DynamicViTClassifier`` with a
+    ``DynamicVisionTransformer`` backbone (the model that takes ``compact_checkpoint``)."""
+    from mmsparse.models.dynamicvit import DynamicViTClassifier, DynamicVisionTransformer
+    from mmsparse.registry import MODELS
+    from mmsparse.utils.cli import setup_scope
+    from mmsparse.utils.config import is_config_of
+    setup_scope(cfg)
+    model = cfg.get('model') or {}
+    backbone = model.get('backbone') if hasattr(model, 'get') else None
+    if not (is_config_of(model, DynamicViTClassifier, MODELS)
+            and is_config_of(backbone or {}, DynamicVisionTransformer, MODELS)):
+        got = f"model.type={model.get('type')!r}, model.backbone.type=" \
+              f"{(backbone or {}).get('type')!r}"
+        raise SearchSettingsError(
+            f'search_cfg.structures: chooses among composed DynamicViT models, so the config\'s '
+            f"model must be type='mmsparse.DynamicViTClassifier' with backbone "
+            f"type='mmsparse.DynamicVisionTransformer', got {got}; remove search_cfg.structures "
+            f'to search this model\'s own setting')
+
+
+def load_composed_weights(model: torch.nn.Module, path: str, key: str) -> int:
+    """Load a composed checkpoint into ``model``, every weight present with its shape.
+
+    Stricter than the Runner's ``load_from`` (which loads what fits and warns): a structure
+    scored with weights that do not all fit would be scored partly at random. ``teacher.*``
+    (the training teacher) and ``data_preprocessor.*`` are not compared.
+
+    Returns:
+        the number of weights loaded.
+
+    Raises:
+        ConfigError: naming ``key``, a missing / unreadable file or weights that do not fit.
+    """
+    from mmsparse.checkpoint import load_checkpoint_file
+    from mmsparse.errors import CheckpointError, ConfigError
+    from mmsparse.models.compose import check_compact_weights
+    try:
+        ckpt = load_checkpoint_file(path, map_location='cpu')
+    except CheckpointError as e:
+        raise ConfigError(f'{key}: {e}') from None
+    sd = ckpt.get('state_dict', ckpt) if isinstance(ckpt, dict) else None
+    if not isinstance(sd, dict):
+        raise ConfigError(f'{key}: {path} holds no state_dict')
+    sd = {(k[7:] if k.startswith('module.') else k): v for k, v in sd.items()}
+    sd = {k: v for k, v in sd.items() if not k.startswith('teacher.')}
+    sd = check_compact_weights(model, sd, (), key)
+    model.load_state_dict(sd, strict=False)
+    return len(sd)
+
+
+def structure_models(runner: Any, cfg: Config, entries: Sequence[StructureEntry],
+                     log: Callable[[str], None]) -> List[torch.nn.Module]:
+    """One model per entry: the Runner's (built with entry 0's ``compact_checkpoint``) and one
+    built per further entry; each loaded from the entry's composed checkpoint.
+
+    Returns:
+        the unwrapped models, in entry order, in eval mode on the Runner model's device.
+
+    Raises:
+        ConfigError: naming the entry's key (a structure the config's model cannot take, weights
+            that do not fit it).
+    """
+    import copy
+
+    from mmsparse.errors import ConfigError
+    first = unwrap_model(runner.model)
+    device = next(first.parameters()).device
+    models = []
+    for entry in entries:
+        if entry.index == 0:
+            model = first
+        else:
+            model_cfg = copy.deepcopy(cfg.model)
+            model_cfg['compact_checkpoint'] = entry.compact_checkpoint
+            try:
+                model = runner.build_model(model_cfg)
+            except ConfigError as e:
+                raise ConfigError(f'{entry.key} ({entry.name}): {e}') from None
+            model.to(device)
+        n = load_composed_weights(model, entry.checkpoint, f'{entry.key}.checkpoint')
+        model.eval()
+        params = sum(p.numel() for p in model.parameters())
+        log(f'structure {entry.index} {entry.name!r}: '
+            f'{entry.compact_checkpoint or "dense (no compact_checkpoint)"}, {params} '
+            f'parameters, {n} weights from {entry.checkpoint}')
+        models.append(model)
+    return models
+
+
+def load_or_measure_table(path: str, meta: Dict[str, Any], measure: Callable[[], Any],
+                          log: Callable[[str], None]) -> Any:
+    """A table saved at ``path`` for the same ``meta``, else a fresh one (saved by rank 0): a
+    :class:`LatencyTable`, or a :class:`StructureLatencyTable` for a joint space."""
     import json
     rank, _ = get_dist_info()
     saved = None
@@ -255,7 +403,7 @@ def load_or_measure_table(path: str, meta: Dict[str, Any], measure: Callable[[],
     saved = agree(saved)
     if saved is not None and saved.get('meta') == json.loads(json.dumps(meta)):
         log(f'latency table: reusing {path}')
-        return LatencyTable.from_dict(saved['table'])
+        return table_from_dict(saved['table'])
     if saved is not None:
         log(f'latency table: {path} was measured for other settings; measuring again')
     table = measure()
@@ -312,17 +460,20 @@ def _read_for_resume(path: str, header: Dict[str, Any]) -> Dict[str, Any]:
     """What rank 0 read from the log, to share: an error, the candidates, the partial lines."""
     old, cands, dropped = read_log(path)
     key = header_mismatch(old, header) if old is not None else None
+    source = f' ({HEADER_SOURCES[key]})' if key in HEADER_SOURCES else ''
     error = None if key is None else (
-        f'{path} was written with a different {key!r} ({old.get(key)!r}, now '
+        f'{path} was written with a different {key!r}{source} ({old.get(key)!r}, now '
         f'{header.get(key)!r}); use another --work-dir or delete the log')
     return dict(error=error, cands=[c.to_dict() for c in cands], dropped=dropped,
                 has_header=old is not None)
 
 
-def finetune_updates(cfg: Config, name: str, value: Any, checkpoint: Optional[str]
-                     ) -> Tuple[Dict[str, Any], str]:
+def finetune_updates(cfg: Config, name: str, value: Any, checkpoint: Optional[str],
+                     structure: Optional[StructureEntry] = None) -> Tuple[Dict[str, Any], str]:
     """What a fine-tuning config changes in the searched one: ``model.backbone.<name> = value``,
-    random-ratio training (the SAA hook) removed, ``load_from`` the searched checkpoint.
+    random-ratio training (the SAA hook) removed, ``load_from`` the searched checkpoint. With a
+    chosen ``structure`` (a joint search): its ``model.compact_checkpoint`` and its composed
+    checkpoint as ``load_from``.
 
     Returns:
         ``(updates for write_derived_config, a note for its header)``.
@@ -335,6 +486,11 @@ def finetune_updates(cfg: Config, name: str, value: Any, checkpoint: Optional[st
                                    for h in hooks if not is_saa_hook(h)]
         note = ('\nFine-tuning keeps the searched ratios fixed: no SparsityAwareAdaptationHook '
                 'in custom_hooks.')
+    if structure is not None:
+        updates['model']['compact_checkpoint'] = structure.compact_checkpoint
+        checkpoint = structure.checkpoint
+        note += (f'\nStructure {structure.name!r} ({structure.key}): model.compact_checkpoint '
+                 f'and load_from are its.')
     if checkpoint:
         updates['load_from'] = checkpoint
     return updates, note

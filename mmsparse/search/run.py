@@ -23,6 +23,20 @@ iteration) that a search must not run. The function builds the Runner only for w
 uses (the model with its weights, the val / test loop's dataloader and evaluator, the
 distributed setup), and keeps the searcher itself pure and testable.
 
+Joint search (``search_cfg.structures``, :mod:`mmsparse.search.structures`): a classifier's
+search may choose among several composed DynamicViT models; the genome gets a categorical gene
+(which entry) in front of the keep-ratio genes. The Runner's model is entry 0's, one more model
+is built per further entry (:func:`mmsparse.search.host.structure_models`), each loaded strictly
+from its composed checkpoint (CHECKPOINT must be ``none``). Latency is measured on the chosen
+model, candidate by candidate; with ``--latency-table`` there is one table per structure
+(:class:`~mmsparse.search.latency_table.StructureLatencyTable`, why in its module). The log
+header records the entries, so a resume under a changed list refuses; the log lines, the report
+and the fine-tuning config name the chosen entry (its ``model.compact_checkpoint`` and
+``load_from``).
+
+The window may come from the config (``search_cfg.max_latency`` / ``min_latency``) instead of the
+flags; the flags win.
+
 Errors the user can fix raise :class:`~mmsparse.utils.UserError` (or
 :class:`~mmsparse.errors.ConfigError`), which the tools print as one ``error:`` line.
 """
@@ -36,13 +50,15 @@ from mmsparse.utils.cli import UserError
 from mmsparse.validation import Keys
 from .evolution import (Candidate, EvaluationBudgetReached, EvolutionSearch,
                         NoFeasibleCandidateError, SearchSettings, rank_candidates)
-from .latency_table import LatencyTable, prediction_errors
+from .latency_table import prediction_errors
+from .structures import StructureEntry, parse_structures
 
 __all__ = ['TIMING_DEFAULTS', 'SearchOptions', 'SearchOutcome', 'run', 'search_config',
            'check_launcher', 'SPACE_KEYS', 'OVERRIDES', 'BUDGET_KEYS']
 
 # search_cfg keys that are not SearchSettings fields
-SPACE_KEYS = ('candidates', 'group_size', 'img_size', 'metric')
+SPACE_KEYS = ('candidates', 'group_size', 'img_size', 'metric', 'structures', 'max_latency',
+              'min_latency')
 # options that override the config's search_cfg
 OVERRIDES = ('population_size', 'parents', 'mutation_prob', 'iterations', 'max_draws', 'seed',
              'candidates', 'metric')
@@ -66,7 +82,8 @@ class SearchOptions:
     Args:
         config: config file (its ``model.backbone`` is searched, ``search_cfg`` its settings).
         checkpoint: weights to score, or None / ``'none'`` for the config's initial weights.
-        max_latency / min_latency: the latency window, ms.
+        max_latency / min_latency: the latency window, ms (None: ``search_cfg.max_latency`` /
+            ``min_latency``; min default 0).
         part: what is timed, ``'backbone'`` or ``'model'``.
         img_size: ``[H]`` or ``[H, W]`` of the timed input (default: ``search_cfg.img_size``,
             else 672 for detectors / segmentors, else the backbone's ``img_size``).
@@ -85,8 +102,8 @@ class SearchOptions:
     """
     config: str
     checkpoint: Optional[str]
-    max_latency: float
-    min_latency: float = 0.0
+    max_latency: Optional[float] = None
+    min_latency: Optional[float] = None
     part: str = 'backbone'
     img_size: Optional[Sequence[int]] = None
     batch_size: int = 4
@@ -120,12 +137,8 @@ class SearchOptions:
         self.runs = default_runs if self.runs is None else self.runs
         if cuda:  # as SparseViT's search: the fastest kernels for the fixed input shape
             torch.backends.cudnn.benchmark = True
-        if self.min_latency < 0 or self.max_latency <= 0:
-            raise UserError(f'--min-latency must be >= 0 and --max-latency > 0 (ms), got '
-                            f'{self.min_latency:g} and {self.max_latency:g}')
-        if self.min_latency > self.max_latency:
-            raise UserError(f'--min-latency {self.min_latency:g} is above --max-latency '
-                            f'{self.max_latency:g}: the window is empty')
+        if self.max_latency is not None:  # else checked once the config gave it
+            self.check_window()
         for flag, v in (('--batch-size', self.batch_size), ('--runs', self.runs)):
             if v < 1:
                 raise UserError(f'{flag} must be >= 1, got {v}')
@@ -139,6 +152,35 @@ class SearchOptions:
             if value not in choices:
                 raise UserError(f'--{name.replace("_", "-")} must be one of '
                                 f'{", ".join(choices)}, got {value!r}')
+
+    def check_window(self, source: str = '') -> None:
+        """Refuse a window no latency can fall in (``source``: where the values came from)."""
+        low = 0.0 if self.min_latency is None else self.min_latency
+        for flag, v in (('--min-latency', low), ('--max-latency', self.max_latency)):
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise UserError(f'{flag}{source} must be a number of ms, got {v!r}')
+        if low < 0 or self.max_latency <= 0:
+            raise UserError(f'--min-latency must be >= 0 and --max-latency > 0 (ms){source}, '
+                            f'got {low:g} and {self.max_latency:g}')
+        if low > self.max_latency:
+            raise UserError(f'--min-latency {low:g} is above --max-latency '
+                            f'{self.max_latency:g}{source}: the window is empty')
+
+    def resolve_window(self, scfg: Dict[str, Any]) -> None:
+        """Fill a window the flags left open from ``search_cfg.max_latency`` / ``min_latency``."""
+        from_cfg = []
+        if self.max_latency is None:
+            if scfg.get('max_latency') is None:
+                raise UserError('--max-latency is required (ms, the upper end of the latency '
+                                'window), or set search_cfg.max_latency in the config')
+            self.max_latency, _ = scfg['max_latency'], from_cfg.append('max_latency')
+        if self.min_latency is None:
+            self.min_latency = scfg.get('min_latency') or 0.0
+            if scfg.get('min_latency') is not None:
+                from_cfg.append('min_latency')
+        if from_cfg:
+            self.check_window(f' (from search_cfg.{" / search_cfg.".join(from_cfg)})')
+        self.max_latency, self.min_latency = float(self.max_latency), float(self.min_latency)
 
     @property
     def use_table(self) -> bool:
@@ -164,6 +206,7 @@ class SearchOutcome:
         report: what ``search_<tag>_best.json`` holds; None when ``stopped``.
         report_path / config_path: the report and the fine-tuning config (written by rank 0).
         stopped: why the search stopped early (``max_evaluations``), else None.
+        structure: the chosen ``search_cfg.structures`` entry (joint search), else None.
     """
     log_path: str
     rank: int
@@ -176,6 +219,7 @@ class SearchOutcome:
     report_path: Optional[str] = None
     config_path: Optional[str] = None
     stopped: Optional[str] = None
+    structure: Optional[StructureEntry] = None
 
 
 def check_launcher(launcher: str) -> None:
@@ -213,7 +257,8 @@ def run(config: str, checkpoint: Optional[str] = None, **options: Any) -> Search
     Args:
         config: config file.
         checkpoint: weights to score (None or ``'none'``: the config's initial weights).
-        **options: the other fields of :class:`SearchOptions` (``max_latency`` is required).
+        **options: the other fields of :class:`SearchOptions` (``max_latency`` is required
+            unless the config has ``search_cfg.max_latency``).
 
     Returns:
         A :class:`SearchOutcome`.
@@ -261,7 +306,9 @@ class SearchJob:
         cfg = load_config(opts.config, opts.cfg_options)
         self.scfg = search_config(cfg, opts)
         self.settings = SearchSettings.from_dict(self.scfg, ignore=SPACE_KEYS)
+        opts.resolve_window(self.scfg)
         ckpt = opts.checkpoint
+        self.structures = self.load_structures(cfg, ckpt)
         ckpt = None if ckpt is None or ckpt.lower() == 'none' else check_checkpoint(ckpt)
         self.checkpoint = os.path.abspath(ckpt) if ckpt and '://' not in ckpt else ckpt
         self.split = host.choose_split(cfg, opts.eval_split)
@@ -276,36 +323,72 @@ class SearchJob:
         self.metric = self.scfg.get('metric') or host.default_metric(cfg, self.split)
         self.cfg = cfg
 
+    def load_structures(self, cfg: Any, checkpoint: Optional[str]) -> Sequence[StructureEntry]:
+        """The checked ``search_cfg.structures`` entries (none: a one-model search); the
+        Runner's model becomes entry 0's."""
+        from . import host
+        if self.scfg.get('structures') is None:
+            return ()
+        entries = parse_structures(self.scfg['structures'])
+        host.check_structures_model(cfg)
+        if checkpoint is not None and checkpoint.lower() != 'none':
+            raise UserError(f'CHECKPOINT {checkpoint}: with search_cfg.structures every entry '
+                            f'names its own checkpoint; pass none')
+        cfg.model.compact_checkpoint = entries[0].compact_checkpoint
+        return entries
+
     def build(self) -> None:
         """The Runner (weights loaded), the search space, the timed input, the candidate runner."""
         from mmengine.dist import get_dist_info
 
         from mmsparse.analysis import model_kind
-        from mmsparse.models.utils import unwrap_model
+        from mmsparse.errors import ConfigError
+        from mmsparse.models.dynamicvit import DynamicVisionTransformer
         from mmsparse.models.sparsevit import SparseSwinTransformer
+        from mmsparse.models.utils import unwrap_model
         from mmsparse.utils.cli import build_runner
         from . import host
-        from .spaces import space_for_backbone
+        from .spaces import check_keep_candidates, joint_space, space_for_backbone
         opts, cfg, scfg = self.opts, self.cfg, self.scfg
-        self.runner = build_runner(cfg, opts.launcher)
-        self.runner.load_or_resume()
+        try:
+            self.runner = build_runner(cfg, opts.launcher)
+        except ConfigError as e:
+            if self.structures and 'model.compact_checkpoint' in str(e):
+                entry = self.structures[0]
+                raise ConfigError(f'{entry.key} ({entry.name}): {e}') from None
+            raise
         self.rank, self.world = get_dist_info()
+        models = None
+        if self.structures:
+            models = host.structure_models(self.runner, cfg, self.structures, self.log)
+        else:
+            self.runner.load_or_resume()
         model = unwrap_model(self.runner.model)
         if isinstance(model.backbone, SparseSwinTransformer):
             # one candidate set for training (the SAA hook's) and search
             cands, group = host.window_defaults(cfg)
             scfg.setdefault('candidates', cands)
             scfg['group_size'] = scfg.get('group_size') or group
-        self.space = space_for_backbone(model.backbone, scfg.get('candidates'),
-                                        scfg.get('group_size'))
+        space = space_for_backbone(model.backbone, scfg.get('candidates'),
+                                   scfg.get('group_size'))
         self.img_size = self.timed_size(model_kind(model) in ('detector', 'segmentor'))
         channels = cfg.model.get('backbone', {}).get('in_channels', 3)
+        if isinstance(model.backbone, DynamicVisionTransformer):
+            # the timed input may have another patch grid than the evaluated images
+            n = host.timed_num_patches(model.backbone, self.img_size, channels)
+            if n != model.backbone.num_patches:
+                check_keep_candidates(space.candidates, n, where=f' of the timed '
+                                      f'{self.img_size[0]}x{self.img_size[1]} input (--img-size)')
+        if self.structures:
+            space = joint_space([e.name for e in self.structures], space)
+        self.space = space
         self.cand = host.CandidateRunner(self.runner, self.space, self.split, self.metric,
                                          opts.part, self.img_size, opts.batch_size, channels,
-                                         opts.warmup, opts.runs)
-        space, split = self.space, self.split
+                                         opts.warmup, opts.runs, models=models)
+        split = self.split
         self.log(f'{space.name}: {space.genome_space.num_genes} genes {list(space.gene_names)}, '
-                 f'candidates {list(space.candidates)}, groups {list(space.genome_space.groups)}')
+                 f'candidates {list(space.candidates)}, groups {list(space.genome_space.groups)}'
+                 + (f', structures {list(space.structures)}' if space.structures else ''))
         subset = f', first {opts.val_subset} images' if opts.val_subset else ''
         self.log(f'fitness: {self.metric or "first metric"} of the {split} set ({split}_dataloader'
                  f' / {split}_evaluator{subset}), {self.world} rank(s); latency: {opts.part} at '
@@ -342,11 +425,14 @@ class SearchJob:
             metric=self.metric, split=self.split,
             val_subset=opts.val_subset, latency_source=opts.latency_source,
             latency_table=opts.use_table,
-            table_margin=opts.table_margin if opts.use_table else None)
+            table_margin=opts.table_margin if opts.use_table else None,
+            # a joint search's models (None otherwise: logs of one model resume unchanged)
+            structures=[e.to_dict() for e in self.structures] or None)
         return host.open_search_log(self.log_path, header, self.log)
 
-    def latency_table(self) -> LatencyTable:
-        """The per-gene latency table, loaded if measured for the same settings, else measured."""
+    def latency_table(self) -> Any:
+        """The per-gene latency table (a joint space: one per structure), loaded if measured for
+        the same settings, else measured."""
         from . import host
         opts, space = self.opts, self.space
         path = opts.latency_table or os.path.join(self.cfg.work_dir, 'latency_table.json')
@@ -355,11 +441,16 @@ class SearchJob:
                     candidates=list(space.candidates), genes=list(space.gene_names),
                     config=os.path.abspath(opts.config), warmup=opts.warmup, runs=opts.runs,
                     world_size=self.world, device=str(self.cand.images.device))
+        if self.structures:
+            meta.update(method='per structure: per-gene, interleaved with all-zero',
+                        structures=[e.to_dict() for e in self.structures])
         t0 = time.perf_counter()
         table = host.load_or_measure_table(path, meta, lambda: self.cand.latency_table(self.log),
                                            self.log)
-        self.log(f'latency table ready ({time.perf_counter() - t0:.1f} s): base '
-                 f'{table.base:.3f} ms')
+        bases = (', '.join(f'{e.name} {t.base:.3f}' for e, t in zip(self.structures,
+                                                                      table.tables))
+                 if self.structures else f'{table.base:.3f}')
+        self.log(f'latency table ready ({time.perf_counter() - t0:.1f} s): base {bases} ms')
         return table
 
     def on_candidate(self, writer: Any) -> Callable[[Candidate], None]:
@@ -370,7 +461,7 @@ class SearchJob:
             lat = 'skipped by table' if c.skipped else f'{c.latency_ms:.3f} ms'
             pred = f' (table {c.predicted_ms:.3f})' if c.predicted_ms is not None else ''
             score = f', {self.cand.metric} {c.score:.4f}' if c.score is not None else ''
-            self.log(f'#{c.index} {c.phase} g{c.generation} {self.space.name}={c.config}: '
+            self.log(f'#{c.index} {c.phase} g{c.generation} {self.space.describe(c.config)}: '
                      f'{lat}{pred}, {"feasible" if c.feasible else "infeasible"}{score}')
         return note
 
@@ -380,7 +471,7 @@ class SearchJob:
             (f' ({h["trials"]}/{draws} draws)' if draws is not None else '')
         self.log(f'iteration {h["generation"]}{budget}: best '
                  f'{self.cand.metric} {h["best_score"]:.4f} at {h["best_latency_ms"]:.3f} ms, '
-                 f'{self.space.name}={h["best_config"]} (population {h["population"]}, new '
+                 f'{self.space.describe(h["best_config"])} (population {h["population"]}, new '
                  f'{h["evaluated"]}, cached {h["cache_hits"]}, skipped {h["skipped_by_table"]})')
 
     def search(self, cache: Dict[str, Candidate], writer: Any) -> SearchOutcome:
@@ -404,9 +495,16 @@ class SearchJob:
             outcome.stopped = str(e)
             return outcome
         outcome.best = result.best
+        outcome.structure = self.chosen_structure(result.best)
         outcome.report = self.report(search, result, len(cache))
         self.write_outputs(outcome)
         return outcome
+
+    def chosen_structure(self, cand: Candidate) -> Optional[StructureEntry]:
+        """The ``search_cfg.structures`` entry of a joint candidate (None: one model)."""
+        if not self.structures:
+            return None
+        return self.structures[self.space.split(cand.genome)[0]]
 
     def table_error(self, search: EvolutionSearch) -> Optional[Dict[str, float]]:
         """The table's error against direct measurement, over every candidate measured."""
@@ -427,7 +525,9 @@ class SearchJob:
         opts, best = self.opts, result.best
         table_error = self.table_error(search)
         all_best = rank_candidates(list(search.cache.values()))[0]
+        structure = self.chosen_structure(best)
         return dict(best=best.to_dict(), metric=self.cand.metric, split=self.split,
+                    structure=structure.to_dict() if structure is not None else None,
                     window_ms=[opts.min_latency, opts.max_latency], part=opts.part,
                     img_size=list(self.img_size), batch_size=opts.batch_size,
                     world_size=self.world, evaluated_this_run=result.evaluated,
@@ -447,12 +547,14 @@ class SearchJob:
             return
         with open(outcome.report_path, 'w') as f:
             json.dump(outcome.report, f, indent=1)
-        updates, note = host.finetune_updates(self.cfg, self.space.name, best.config,
-                                              self.checkpoint)
+        value = best.config[self.space.attribute] if outcome.structure else best.config
+        updates, note = host.finetune_updates(self.cfg, self.space.attribute, value,
+                                              self.checkpoint, outcome.structure)
         header = (f'Written by tools/search.py: the best {self.space.name} of {opts.config} for '
                   f'{opts.part} latency in [{opts.min_latency:g}, {opts.max_latency:g}] ms\n'
                   f'(batch {opts.batch_size}, {self.img_size[0]}x{self.img_size[1]}): '
-                  f'{best.latency_ms:.3f} ms, {self.cand.metric} {best.score:.4f} '
+                  f'{self.space.describe(best.config)}, {best.latency_ms:.3f} ms, '
+                  f'{self.cand.metric} {best.score:.4f} '
                   f'on the {self.split} set. Fine-tune with tools/train.py.{note}')
         write_derived_config(opts.config, outcome.config_path, updates, header)
         self.log(f'best: {outcome.config_path}')
