@@ -610,6 +610,35 @@ SHIPPED_ROWS = {
         'model.token_distill_weight': 0.5,
         'custom_hooks[DynamicViTOptimHook].backbone_lr_scale': 0.01,
         'custom_hooks[DynamicViTOptimHook].freeze_backbone': 1},
+    # stacked sparsity (ours): the DynamicViT recipes on a compact model's structure and weights
+    'compose/dynamicvit-uvc-vit-tiny-p4_budget0.5_fashion-mnist.py': {
+        'model.type': 'mmsparse.DynamicViTClassifier', 'model.teacher': ABSENT,
+        'model.compact_checkpoint':
+            'work_dirs/uvc-vit-tiny-p4_stage2_fashion-mnist/uvc_compact.pth',
+        'model.backbone.pruning_loc': [2, 4], 'model.backbone.keep_rate': 0.7,
+        'train_dataloader.dataset.indices': 19200, 'optim_wrapper.optimizer.lr': 1e-2,
+        'custom_hooks[DynamicViTOptimHook].freeze_backbone': 1},
+    'compose/dynamicvit-s2vite-vit-tiny-p4_fashion-mnist.py': {
+        'model.type': 'mmsparse.DynamicViTClassifier', 'model.teacher': ABSENT,
+        'model.compact_checkpoint': 'work_dirs/s2vite-vit-tiny-p4_fashion-mnist/compact/'
+                                    's2vite-vit-tiny-p4_fashion-mnist_compact.pth',
+        'model.backbone.pruning_loc': [2, 4], 'model.backbone.keep_rate': 0.7,
+        'train_dataloader.dataset.indices': 19200, 'optim_wrapper.optimizer.lr': 1e-2,
+        'custom_hooks[DynamicViTOptimHook].freeze_backbone': 1},
+    'compose/dynamicvit-uvc-deit-small_budget0.5_8xb128_in1k.py': {
+        **_dynamicvit_recipe(0.0, 2.0), 'model.teacher': ABSENT, 'load_from': None,
+        'model.compact_checkpoint':
+            'work_dirs/uvc-deit-small_stage2_budget0.5_in1k/uvc_compact.pth'},
+    # the joint search of structure and keep ratios on Fashion-MNIST (ours)
+    'compose/dynamicvit-compose_search_fashion-mnist.py': {
+        'model.type': 'mmsparse.DynamicViTClassifier', 'model.backbone.pruning_loc': [2, 4],
+        'search_cfg.max_latency': 4.0, 'search_cfg.min_latency': 0.0,
+        'search_cfg.candidates': [1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3],
+        'search_cfg.structures.0.name': 'uvc0.5', 'search_cfg.structures.1.name': 's2vite',
+        'search_cfg.structures.2.name': 'dense',
+        'search_cfg.structures.0.compact_checkpoint':
+            'work_dirs/uvc-vit-tiny-p4_stage2_fashion-mnist/uvc_compact.pth',
+        'search_cfg.structures.2.compact_checkpoint': None},
     # UVC: DeiT-S at budgets 0.5 / 0.58 (README.md:124 "nasprune_0.58"), DeiT-T (README.md:74)
     'uvc/uvc-deit-small_stage1_budget0.5_in1k.py': _uvc_stage1(0.5),
     'uvc/uvc-deit-small_stage1_budget0.58_in1k.py': _uvc_stage1(0.58),
@@ -708,6 +737,34 @@ def test_shipped_config_resolves_to_its_row(name):
         assert cfg.auto_scale_lr.base_batch_size == int(m[1]) * int(m[2])
 
 
+def _compact_checkpoint_for(model_cfg) -> str:
+    """A compact checkpoint (half the MLP width in every layer) of ``model_cfg``'s arch, as
+    the compactions write it, for the configs that start from one (configs/compose/)."""
+    import copy
+    import os
+    import tempfile
+
+    import torch
+
+    from mmsparse.models.layers.compact_vit import compact_structure
+    from mmsparse.registry import MODELS
+    bb = model_cfg.backbone
+    keys = ('arch', 'img_size', 'patch_size', 'in_channels')
+    backbone = dict(type='mmsparse.CompactVisionTransformer',
+                    **{k: copy.deepcopy(bb[k]) for k in keys if k in bb})
+    path = os.path.join(tempfile.mkdtemp(), 'compact.pth')
+    model = MODELS.build(dict(type='mmpretrain.ImageClassifier', _scope_='mmpretrain',
+                              backbone=backbone, head=copy.deepcopy(model_cfg.head)))
+    # half of the dense MLP widths: the built model has the structure, not the arch's sizes
+    narrow = MODELS.build(dict(type='mmpretrain.ImageClassifier', _scope_='mmpretrain',
+                               backbone=dict(backbone, mlp_dims=[
+                                   d // 2 for d in model.backbone.layer_mlp_dims]),
+                               head=copy.deepcopy(model_cfg.head)))
+    torch.save(dict(meta=dict(compact_structure=compact_structure(narrow.backbone)),
+                    state_dict=narrow.state_dict()), path)
+    return path
+
+
 # the originals' model sizes (timm's deit_*_patch16_224, which SViTE's models.py builds)
 DEIT_PARAMS = {'deit-tiny': 5_717_416, 'deit-small': 22_050_664, 'deit-base': 86_567_656}
 
@@ -720,6 +777,8 @@ def test_shipped_config_model_builds(name):
     from mmsparse.utils import build_model
     cfg = copy.deepcopy(_shipped(name))
     cfg.load_from = None  # build_model never initialises weights: no download either way
+    if cfg.model.get('compact_checkpoint'):  # its structure is read when the model is built
+        cfg.model.compact_checkpoint = _compact_checkpoint_for(cfg.model)
     # the shapes are what is checked: skip torch's random initialisation of every Linear / Conv
     # (seconds for a DeiT-B and its teacher copy on one thread)
     from torch import nn

@@ -65,7 +65,15 @@ def train_and_test(row: dict, work_dir: str, init_ckpt: str, reuse: bool):
         source = next(r for r in ROWS if r['name'] == row['compact_from'])
         cfg.model.compact_checkpoint = osp.join(row_work_dir(source, work_dir), 'uvc_compact.pth')
     ckpt = osp.join(cfg.work_dir, f"epoch_{cfg.train_cfg['max_epochs']}.pth")
-    if reuse and osp.isfile(ckpt):
+    compact = osp.join(cfg.work_dir, 'uvc_compact')
+    swaps = any(h.get('type', '').endswith('UVCCompactHook') and h.get('swap_model')
+                for h in cfg.get('custom_hooks') or [])
+    if reuse and swaps and osp.isfile(f'{compact}.pth'):
+        # the row is its compact model (UVCCompactHook swapped it in after training)
+        test_cfg = load_config(f'{compact}.py')
+        test_cfg.work_dir, test_cfg.load_from = cfg.work_dir, f'{compact}.pth'
+        runner = build_runner(test_cfg, 'none')
+    elif reuse and osp.isfile(ckpt):
         cfg.load_from = ckpt
         runner = build_runner(cfg, 'none')
     else:

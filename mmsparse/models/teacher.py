@@ -167,7 +167,10 @@ class FrozenTeacherMixin:
     def _teacher_from_student(self) -> None:
         self.teacher.load_state_dict(self._student_dense_state(), strict=True)
         self._teacher_ready = True
-        print_log(f'{self._teacher_name} teacher: a frozen copy of the student\'s dense weights '
+        # a compact student (its own layer sizes) has a compact teacher, else a dense one
+        kind = 'compact' if type(self.teacher.backbone).__name__ == 'CompactVisionTransformer' \
+            else 'dense'
+        print_log(f'{self._teacher_name} teacher: a frozen copy of the student\'s {kind} weights '
                   f'at the start of training', logger='current')
 
     def _ensure_teacher(self) -> nn.Module:
