@@ -1,8 +1,9 @@
 """Latency-constrained evolutionary search (SparseViT's ``tools/search.py``), as a package.
 
-``evolution``, ``spaces``, ``latency_table``, ``structures`` and ``log`` are pure (numpy / json only); ``host``
-(imported on demand) connects them to a config's Runner, latency measurement and ranks;
-:func:`run` (``run.py``) is the whole search of ``tools/search.py`` as one call.
+``evolution``, ``spaces``, ``latency_table``, ``structures`` and ``log`` are pure (numpy / json
+/ os only; ``spaces`` uses :mod:`mmsparse.ops`); ``host`` (imported on demand) connects them
+to a config's Runner, latency measurement and ranks; :func:`run` (``run.py``) is the whole
+search of ``tools/search.py`` as one call.
 """
 from .evolution import (Candidate, EvaluationBudgetReached, EvolutionSearch, Genome, GenomeSpace,
                         NoFeasibleCandidateError, SearchResult, SearchSettings,

@@ -329,8 +329,8 @@ class SearchJob:
         from . import host
         if self.scfg.get('structures') is None:
             return ()
-        entries = parse_structures(self.scfg['structures'])
         host.check_structures_model(cfg)
+        entries = parse_structures(self.scfg['structures'])
         if checkpoint is not None and checkpoint.lower() != 'none':
             raise UserError(f'CHECKPOINT {checkpoint}: with search_cfg.structures every entry '
                             f'names its own checkpoint; pass none')
@@ -353,7 +353,9 @@ class SearchJob:
         try:
             self.runner = build_runner(cfg, opts.launcher)
         except ConfigError as e:
-            if self.structures and 'model.compact_checkpoint' in str(e):
+            # the Runner's model is entry 0's: a model error (its structure, e.g. a pruning_loc
+            # beyond its layers) is that entry's
+            if self.structures and str(e).startswith('model.'):
                 entry = self.structures[0]
                 raise ConfigError(f'{entry.key} ({entry.name}): {e}') from None
             raise

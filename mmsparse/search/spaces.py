@@ -33,7 +33,7 @@ from .evolution import Genome, GenomeSpace, SearchSettingsError
 __all__ = ['SearchSpace', 'JointSearchSpace', 'window_ratio_space', 'keep_ratio_space',
            'joint_space', 'SEARCH_SPACES', 'register_space', 'space_for_backbone',
            'DEFAULT_KEEP_CANDIDATES', 'min_keep_ratio', 'check_keep_candidates',
-           'STRUCTURE_GENE']
+           'STRUCTURE_GENE', 'AnySpace']
 
 # keep ratios (of the original patch tokens) a DynamicViT stage may take
 DEFAULT_KEEP_CANDIDATES = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3)
