@@ -193,6 +193,18 @@ def test_bad_compositions_fail_at_build_naming_the_key(compacts, tmp_path):
     _fails(composed_cfg(uvc, pruning_loc=[2, 5]), 'model.backbone.pruning_loc', '[1, 4]')
     # keep ratios that leave no token
     _fails(composed_cfg(uvc, keep_ratios=[0.5, 0.01]), 'model.backbone.keep_ratios')
+    # a dense teacher config without its weights cannot be a copy of the compact student
+    dense_teacher = dict(type='mmpretrain.ImageClassifier', _scope_='mmpretrain', head=HEAD,
+                         backbone=dict(type='mmpretrain.VisionTransformer', arch=DEMO_ARCH, **IMG))
+    _fails(composed_cfg(uvc) | dict(teacher=dense_teacher), 'model.teacher',
+           'model.teacher_checkpoint')
+    # a dense checkpoint for the (default, compact) teacher does not fit it
+    dense = build(dense_teacher)
+    torch.save(dict(state_dict=dense.state_dict()), tmp_path / 'dense.pth')
+    model = build(composed_cfg(uvc) | dict(teacher_checkpoint=str(tmp_path / 'dense.pth')))
+    with pytest.raises(ConfigError, match=r'model.teacher_checkpoint .* do not fit the teacher '
+                                          r'\(CompactVisionTransformer\)'):
+        model.init_weights()
 
 
 COMPOSE_EXTRA = """
@@ -217,7 +229,14 @@ def test_compose_config_trains_tests_draws_and_exports(compacts, tmp_path, data_
     metrics = tmp_path / 'metrics.json'
     ok(run_tool('tools/test.py', cfg, ckpt, '--work-dir', tmp_path / 't', '--out', metrics,
                 '--out-item', 'metrics'))
-    assert 0.0 <= json.loads(metrics.read_text())['accuracy/top1'] <= 100.0
+    top1 = json.loads(metrics.read_text())['accuracy/top1']
+    # the composed checkpoint carries its structure: it is tested without the compact file
+    assert torch.load(ckpt, weights_only=False)['meta']['compact_structure']['v_dims'][1] == \
+        [32, 32, 8]
+    again = tmp_path / 'again.json'
+    ok(run_tool('tools/test.py', cfg, ckpt, '--work-dir', tmp_path / 't2', '--out', again,
+                '--out-item', 'metrics', '--cfg-options', f'model.compact_checkpoint={ckpt}'))
+    assert json.loads(again.read_text())['accuracy/top1'] == top1
 
     import mmcv
     from mmengine.config import Config

@@ -191,10 +191,10 @@ def test_genome_selects_the_entrys_model_and_sets_its_keep_ratios(joint, joint_j
     with pytest.raises(ValueError, match=r'keep ratio 0.1 keeps int\(9 \* 0.1\) = 0 of the 9 patch '
                        r'tokens of the timed input.*smallest allowed ratio is 0.1112'):
         check_keep_candidates([1.0, 0.1], 9, where=' of the timed input')
-    # the latency table: one per structure, the narrow model's the faster
+    # the latency table: one per structure (which is faster is for benchmarks, not tests)
     table = job.table
     assert isinstance(table, StructureLatencyTable) and len(table.tables) == 2
-    assert joint['table'].is_file() and table.tables[1].base < table.tables[0].base
+    assert joint['table'].is_file() and all(t.base > 0 for t in table.tables)
 
 
 # ------------------------------------------------------------------ tools/search.py

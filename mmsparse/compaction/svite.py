@@ -183,6 +183,10 @@ def compact_svite_checkpoint(cfg, checkpoint: str, out_prefix: str, atol: float 
         raise ValueError(f'{checkpoint} has no state_dict (not a checkpoint of tools/train.py)')
     original = build_model(cfg, checkpoint)
     backbone = original.backbone
+    if type(backbone).__name__ == 'DynamicVisionTransformer':
+        raise ValueError('S²ViTE compaction cuts the heads and neurons of an S²ViTE model; a '
+                         'DynamicViT backbone has no structured masks (compose DynamicViT on a '
+                         'compact model with model.compact_checkpoint instead)')
     if not hasattr(backbone, 'attention_layers'):
         raise ValueError(f"S²ViTE compaction needs model.backbone.type='mmsparse."
                          f"SViTEVisionTransformer' (or a CompactVisionTransformer), got "

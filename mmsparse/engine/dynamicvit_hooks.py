@@ -49,6 +49,11 @@ class DynamicViTOptimHook(Hook):
         by_epoch: count ``freeze_backbone`` in epochs or iterations.
         trainable_keys: a parameter whose name contains one of these is a predictor parameter
             and keeps the full lr.
+
+    A composed model (``DynamicViTClassifier(compact_checkpoint=...)``) also gets its structure
+    saved as ``meta['compact_structure']`` of every checkpoint, so that the composed checkpoint
+    itself can be named as ``model.compact_checkpoint`` to test, measure or export it (without
+    the compact file it started from).
     """
     priority = 'NORMAL'  # after_train_iter must restore the lr before ParamSchedulerHook (LOW)
 
@@ -94,6 +99,13 @@ class DynamicViTOptimHook(Hook):
                   f'{len(self._groups)} backbone groups at x{self.backbone_lr_scale} (x0 for the '
                   f'first {self.freeze_backbone} {"epochs" if self.by_epoch else "iterations"})',
                   logger='current')
+
+    def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
+        model = unwrap_model(runner.model)
+        if getattr(model, 'compact_checkpoint', None) is not None:
+            from mmsparse.models.layers.compact_vit import compact_structure
+            checkpoint.setdefault('meta', {})['compact_structure'] = \
+                compact_structure(model.backbone)
 
     def frozen(self, runner) -> bool:
         """Whether the backbone lr is 0 at the current iteration."""

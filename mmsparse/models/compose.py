@@ -19,35 +19,48 @@ from torch import Tensor, nn
 from mmsparse.errors import CheckpointError, ConfigError
 from .layers.compact_vit import STRUCTURE_KEYS
 
-__all__ = ['read_compact_checkpoint', 'structured_backbone_cfg', 'check_compact_weights',
+__all__ = ['read_checkpoint_weights', 'read_compact_checkpoint', 'structured_backbone_cfg', 'check_compact_weights',
            'load_compact_weights']
 
 
-def read_compact_checkpoint(path: str, key: str) -> Tuple[dict, Dict[str, Tensor]]:
-    """The structure and the weights of a compact checkpoint (weights-only load).
+def read_checkpoint_weights(path: str, key: str) -> Tuple[dict, Dict[str, Tensor]]:
+    """A checkpoint (weights-only load) and its model weights: ``module.`` prefixes removed,
+    ``teacher.*`` left out (a model starting from them distils from its own teacher).
 
-    Args:
-        path: the ``.pth`` a compaction wrote.
-        key: the config key that names it (for the error messages).
-
-    Returns:
-        ``(meta['compact_structure'], state_dict)``; ``teacher.*`` weights are left out (the
-        composed model distils from its own teacher).
+    Raises:
+        ConfigError: naming ``key``: a missing or unreadable file, or no state_dict.
     """
     from mmsparse.checkpoint import load_checkpoint_file
     try:
         ckpt = load_checkpoint_file(path, map_location='cpu')
     except CheckpointError as e:
         raise ConfigError(f'{key}: {e}') from None
-    structure = (ckpt.get('meta') or {}).get('compact_structure') if isinstance(ckpt, dict) \
-        else None
+    sd = ckpt.get('state_dict', ckpt) if isinstance(ckpt, dict) else None
+    if not isinstance(sd, dict):
+        raise ConfigError(f'{key}: {path} holds no state_dict')
+    sd = {(k[7:] if k.startswith('module.') else k): v for k, v in sd.items()
+          if not k.startswith('teacher.')}
+    return ckpt, sd
+
+
+def read_compact_checkpoint(path: str, key: str) -> Tuple[dict, Dict[str, Tensor]]:
+    """The structure and the weights of a compact checkpoint.
+
+    Args:
+        path: the ``.pth`` a compaction wrote, or a checkpoint of a composed model (its
+            ``meta['compact_structure']`` is saved by ``DynamicViTOptimHook``), so that a composed
+            model is tested, measured or exported from its own checkpoint.
+        key: the config key that names it (for the error messages).
+
+    Returns:
+        ``(meta['compact_structure'], state_dict)`` (:func:`read_checkpoint_weights`).
+    """
+    ckpt, sd = read_checkpoint_weights(path, key)
+    structure = (ckpt.get('meta') or {}).get('compact_structure')
     if not isinstance(structure, dict) or 'arch' not in structure:
         raise ConfigError(f'{key}={path!r} is not a compact checkpoint: it has no '
                           f"meta['compact_structure'] (write one with tools/compact.py "
                           f'--method uvc|svite, or UVCCompactHook)')
-    sd = ckpt.get('state_dict', ckpt)
-    sd = {(k[7:] if k.startswith('module.') else k): v for k, v in sd.items()
-          if not k.startswith('teacher.')}
     return structure, sd
 
 

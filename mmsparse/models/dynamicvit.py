@@ -409,6 +409,22 @@ class DynamicViTClassifier(FrozenTeacherMixin, ImageClassifier):
         if compact_sd is not None:  # shapes checked now, loaded by init_weights
             check_compact_weights(self, compact_sd, self._fresh_prefixes(),
                                   _MODEL.key('compact_checkpoint'))
+            if self.teacher is not None and teacher_checkpoint is None:
+                self._check_teacher_copy()
+
+    def _check_teacher_copy(self) -> None:
+        """A teacher without ``teacher_checkpoint`` is a copy of the student: its weights must
+        have the compact student's shapes (a dense teacher config needs its checkpoint)."""
+        own = self.teacher.state_dict()
+        sd = self._student_dense_state()
+        wrong = sorted(k for k in set(own) | set(sd)
+                       if k not in own or k not in sd or own[k].shape != sd[k].shape)
+        if wrong:
+            raise ConfigError(f'model.teacher: its weights do not fit the compact student\'s '
+                              f'({len(wrong)} differ, e.g. {wrong[0]}), so it cannot be a copy of '
+                              f'it: give model.teacher_checkpoint (the weights of the model '
+                              f'model.teacher describes), or leave model.teacher=None (the '
+                              f'compact model as loaded)')
 
     def _fresh_prefixes(self) -> Tuple[str, ...]:
         """The weights a compact start does not hold: the token-pruning modules."""

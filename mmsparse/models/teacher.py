@@ -148,6 +148,13 @@ class FrozenTeacherMixin:
         sd = {(k[7:] if k.startswith('module.') else k): v for k, v in sd.items()}
         own = self.teacher.state_dict()
         sd = {k: v for k, v in sd.items() if k in own}
+        wrong = [k for k, v in sd.items() if tuple(v.shape) != tuple(own[k].shape)]
+        if wrong:
+            k = wrong[0]
+            raise ConfigError(f'model.teacher_checkpoint {filename}: {len(wrong)} weights do not '
+                              f'fit the teacher ({type(self.teacher.backbone).__name__}), e.g. '
+                              f'{k} {tuple(sd[k].shape)} vs {tuple(own[k].shape)}: give '
+                              f'model.teacher the config of the model it is a checkpoint of')
         missing = sorted(k for k in own if k.startswith(('backbone.', 'head.')) and k not in sd)
         if missing:
             raise ConfigError(f'model.teacher_checkpoint {filename}: missing {len(missing)} '

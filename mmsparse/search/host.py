@@ -334,18 +334,8 @@ def load_composed_weights(model: torch.nn.Module, path: str, key: str) -> int:
     Raises:
         ConfigError: naming ``key``, a missing / unreadable file or weights that do not fit.
     """
-    from mmsparse.checkpoint import load_checkpoint_file
-    from mmsparse.errors import CheckpointError, ConfigError
-    from mmsparse.models.compose import check_compact_weights
-    try:
-        ckpt = load_checkpoint_file(path, map_location='cpu')
-    except CheckpointError as e:
-        raise ConfigError(f'{key}: {e}') from None
-    sd = ckpt.get('state_dict', ckpt) if isinstance(ckpt, dict) else None
-    if not isinstance(sd, dict):
-        raise ConfigError(f'{key}: {path} holds no state_dict')
-    sd = {(k[7:] if k.startswith('module.') else k): v for k, v in sd.items()}
-    sd = {k: v for k, v in sd.items() if not k.startswith('teacher.')}
+    from mmsparse.models.compose import check_compact_weights, read_checkpoint_weights
+    _, sd = read_checkpoint_weights(path, key)
     sd = check_compact_weights(model, sd, (), key)
     model.load_state_dict(sd, strict=False)
     return len(sd)
@@ -375,6 +365,7 @@ def structure_models(runner: Any, cfg: Config, entries: Sequence[StructureEntry]
         else:
             model_cfg = copy.deepcopy(cfg.model)
             model_cfg['compact_checkpoint'] = entry.compact_checkpoint
+            model_cfg['distill'] = False  # a search only evaluates: no teacher to carry
             try:
                 model = runner.build_model(model_cfg)
             except ConfigError as e:
