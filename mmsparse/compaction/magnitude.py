@@ -23,8 +23,6 @@ dense model: the cut model needs fine-tuning.
 """
 import copy
 import math
-import os
-import os.path as osp
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -32,7 +30,7 @@ from torch import Tensor, nn
 
 from mmsparse.ops.dst import head_rows_mask, neuron_l1_scores
 from mmsparse.ops.uvc import ViTCost, block_macs
-from .svite import FC1, FC2, compact_backbone_cfg, compact_state_dict, layer_count
+from .svite import FC1, FC2, layer_count, write_compact
 
 __all__ = ['head_l1_scores', 'top_k_mask', 'vit_cost', 'uniform_flops_fraction',
            'uniform_keep_counts', 'uniform_magnitude_masks', 'masked_state_dict',
@@ -88,15 +86,12 @@ def vit_cost(backbone: nn.Module, head_macs: float = 0.0) -> ViTCost:
     """
     arch = backbone.arch_settings
     c, h = int(arch['embed_dims']), int(arch['num_heads'])
-    patches = int(math.prod(backbone.patch_resolution))
-    n = patches + int(backbone.num_extra_tokens)
     conv = backbone.patch_embed.projection
-    # the same counts as UVCVisionTransformer.cost: conv MACs, 5 per normalised element
-    embed = patches * c * conv.in_channels // conv.groups * math.prod(conv.kernel_size)
-    final = 5 * n * c if backbone.final_norm else 0
-    return ViTCost(num_layers=int(arch['num_layers']), num_tokens=n, embed_dims=c, num_heads=h,
-                   head_dims=c // h, mlp_dims=int(arch['feedforward_channels']),
-                   fixed_macs=float(embed + final + head_macs), norm_macs=float(2 * 5 * n * c))
+    return ViTCost.of_vit(
+        int(arch['num_layers']), int(math.prod(backbone.patch_resolution)),
+        int(backbone.num_extra_tokens), c, h, c // h, int(arch['feedforward_channels']),
+        c * conv.in_channels // conv.groups * math.prod(conv.kernel_size),
+        bool(backbone.final_norm), head_macs)
 
 
 def uniform_flops_fraction(cost: ViTCost, heads: int, neurons: int) -> float:
@@ -235,13 +230,10 @@ def compact_magnitude_checkpoint(cfg, checkpoint: str, out_prefix: str,
             not a dense ViT of equal layers; a target no uniform structure reaches.
         RuntimeError: the compact model's logits differ by more than ``atol``.
     """
-    from mmengine.registry import MODELS
-
     from mmsparse.analysis import count_flops, make_images
     from mmsparse.analysis.model_parts import part_module
     from mmsparse.checkpoint import load_checkpoint_file
-    from mmsparse.models.layers.compact_vit import compact_structure
-    from mmsparse.utils import build_model, load_config, write_derived_config
+    from mmsparse.utils import build_model, load_config
     from .uvc import max_output_diff
 
     by_counts = heads is not None or neurons is not None
@@ -268,23 +260,14 @@ def compact_magnitude_checkpoint(cfg, checkpoint: str, out_prefix: str,
     sd = ckpt['state_dict']
     head_masks, neuron_masks = uniform_magnitude_masks(sd, heads, neurons, cost.num_heads)
     head_dims = [cost.head_dims] * len(head_masks)
-    bb_cfg = cfg.model.backbone
-    new_bb = compact_backbone_cfg(bb_cfg.to_dict() if hasattr(bb_cfg, 'to_dict') else bb_cfg,
-                                  head_masks, neuron_masks, head_dims)
     cfg_path, ckpt_path = f'{out_prefix}.py', f'{out_prefix}.pth'
-    write_derived_config(
-        base_config or cfg.filename, cfg_path,
-        dict(model=dict(backbone=dict(_delete_=True, **new_bb))),
-        header=f'uniform magnitude pruning (mmsparse.compaction.magnitude) of\n{checkpoint}: '
-               f'{heads} of {cost.num_heads} heads and {neurons} of {cost.mlp_dims} MLP neurons '
-               f'per layer (largest weight L1 norm), {fraction:.4f} of the dense FLOPs.')
-    structure = compact_structure(MODELS.build(dict(copy.deepcopy(new_bb), init_cfg=None)))
-    meta = {k: v for k, v in ckpt.get('meta', {}).items() if isinstance(v, (str, int, float))}
-    meta.update(compacted_from=osp.abspath(checkpoint), compaction='uniform_magnitude',
-                compact_structure=structure, flops_fraction=fraction)
-    os.makedirs(osp.dirname(osp.abspath(ckpt_path)), exist_ok=True)
-    torch.save(dict(meta=meta, state_dict=compact_state_dict(sd, head_masks, neuron_masks,
-                                                             head_dims)), ckpt_path)
+    write_compact(
+        cfg, ckpt, checkpoint, out_prefix, (head_masks, neuron_masks), head_dims,
+        base_config or cfg.filename, 'uniform_magnitude',
+        f'uniform magnitude pruning (mmsparse.compaction.magnitude) of\n{checkpoint}: '
+        f'{heads} of {cost.num_heads} heads and {neurons} of {cost.mlp_dims} MLP neurons per '
+        f'layer (largest weight L1 norm), {fraction:.4f} of the dense FLOPs.',
+        meta=dict(flops_fraction=fraction))
     compact = build_model(load_config(cfg_path), ckpt_path)
     masked = copy.deepcopy(dense)
     masked.load_state_dict(masked_state_dict(dense.state_dict(), head_masks, neuron_masks,

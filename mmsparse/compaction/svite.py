@@ -27,6 +27,7 @@ is copied unchanged.
 (:func:`~mmsparse.utils.write_derived_config`) and the check that both models compute the same.
 """
 import copy
+import os
 import os.path as osp
 from collections import OrderedDict
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
@@ -197,8 +198,11 @@ def compact_svite_checkpoint(cfg, checkpoint: str, out_prefix: str, atol: float 
     if masks is None:
         masks = structured_masks_from_weights(ckpt['state_dict'], head_dims)
         source = 'zero rows of the weights (the checkpoint holds no S²ViTE masks)'
-    new_bb = _write_compact(cfg, ckpt, checkpoint, out_prefix, masks, head_dims,
-                            base_config or cfg.filename)
+    new_bb = write_compact(
+        cfg, ckpt, checkpoint, out_prefix, masks, head_dims, base_config or cfg.filename,
+        'svite', f'compacted by mmsparse.compaction.svite (tools/compact.py --method svite) '
+                 f'from\n{checkpoint}: per-layer heads {[int(m.sum()) for m in masks[0]]}, MLP '
+                 f'widths {[int(m.sum()) for m in masks[1]]}.')
     cfg_path, ckpt_path = f'{out_prefix}.py', f'{out_prefix}.pth'
     compact = build_model(load_config(cfg_path), ckpt_path)
     size = new_bb.get('img_size', 224)
@@ -224,10 +228,25 @@ def _structure(backbone_cfg: dict) -> dict:
     return compact_structure(MODELS.build(cfg))
 
 
-def _write_compact(cfg, ckpt: dict, checkpoint: str, out_prefix: str,
-                   masks: Tuple[List[Tensor], List[Tensor]], head_dims: List[int],
-                   base_config: str) -> dict:
-    """Write ``<out_prefix>.py`` / ``.pth`` of the compact model; its backbone config."""
+def write_compact(cfg, ckpt: dict, checkpoint: str, out_prefix: str,
+                  masks: Tuple[List[Tensor], List[Tensor]], head_dims: List[int],
+                  base_config: str, compaction: str, header: str,
+                  meta: Optional[dict] = None) -> dict:
+    """Write ``<out_prefix>.py`` / ``.pth`` of the model ``masks`` cut out of ``ckpt``; returns
+    the compact backbone config.
+
+    The config inherits ``base_config`` with the compact backbone (:func:`compact_backbone_cfg`)
+    and without the sparse-training hooks (the masks are cut out: they have nothing left to do);
+    the checkpoint holds the compact weights (:func:`compact_state_dict`) and, in ``meta``,
+    ``compaction``, ``compacted_from`` and ``compact_structure`` (what a composed model reads).
+
+    Args:
+        masks: ``(head masks, neuron masks)``, one (H,) / (F,) mask per layer.
+        head_dims: q / k dims of each layer's heads.
+        compaction: its name in ``meta`` ('svite', 'uniform_magnitude').
+        header: the first comment lines of the written config.
+        meta: further ``meta`` entries.
+    """
     from mmsparse.utils import write_derived_config
     from mmsparse.utils.config import is_config_of
 
@@ -235,17 +254,18 @@ def _write_compact(cfg, ckpt: dict, checkpoint: str, out_prefix: str,
     bb_cfg = cfg.model.backbone
     new_bb = compact_backbone_cfg(bb_cfg.to_dict() if hasattr(bb_cfg, 'to_dict') else bb_cfg,
                                   heads, neurons, head_dims)
-    # the masks are cut out: the hooks that trained them have nothing left to do
     hooks = [h for h in (cfg.get('custom_hooks') or []) if not is_config_of(h, DSTHook)]
     write_derived_config(
         base_config, f'{out_prefix}.py',
         dict(model=dict(backbone=dict(_delete_=True, **new_bb)), custom_hooks=hooks),
-        header=f'compacted by mmsparse.compaction.svite (tools/compact.py --method svite) '
-               f'from\n{checkpoint}: per-layer heads {new_bb["num_heads"]}, MLP widths '
-               f'{new_bb["mlp_dims"]}.')
-    meta = {k: v for k, v in ckpt.get('meta', {}).items() if isinstance(v, (str, int, float))}
-    meta.update(compacted_from=osp.abspath(checkpoint), compaction='svite',
-                compact_structure=_structure(new_bb))
-    torch.save(dict(meta=meta, state_dict=compact_state_dict(ckpt['state_dict'], heads, neurons,
-                                                             head_dims)), f'{out_prefix}.pth')
+        header=header)
+    out_meta = {k: v for k, v in ckpt.get('meta', {}).items()
+                if isinstance(v, (str, int, float))}
+    out_meta.update(meta or {})
+    out_meta.update(compacted_from=osp.abspath(checkpoint), compaction=compaction,
+                    compact_structure=_structure(new_bb))
+    os.makedirs(osp.dirname(osp.abspath(out_prefix)), exist_ok=True)
+    torch.save(dict(meta=out_meta, state_dict=compact_state_dict(ckpt['state_dict'], heads,
+                                                                 neurons, head_dims)),
+               f'{out_prefix}.pth')
     return new_bb

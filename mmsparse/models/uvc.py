@@ -218,15 +218,12 @@ class UVCVisionTransformer(VisionTransformer):
         Args:
             head_macs: MACs of the classification head (added to the fixed MACs).
         """
-        n, c = self.num_patches + self.num_extra_tokens, self.embed_dims
         conv = self.patch_embed.projection
-        embed = self.num_patches * c * conv.in_channels // conv.groups * math.prod(
-            conv.kernel_size)
-        final = 5 * n * c if self.final_norm else 0
-        return ViTCost(num_layers=self.num_layers, num_tokens=n, embed_dims=c,
-                       num_heads=self.num_heads, head_dims=self.head_dims,
-                       mlp_dims=self.mlp_dims, fixed_macs=float(embed + final + head_macs),
-                       norm_macs=float(2 * 5 * n * c))
+        return ViTCost.of_vit(
+            self.num_layers, self.num_patches, self.num_extra_tokens, self.embed_dims,
+            self.num_heads, self.head_dims, self.mlp_dims,
+            self.embed_dims * conv.in_channels // conv.groups * math.prod(conv.kernel_size),
+            self.final_norm, head_macs)
 
     def group_scores(self) -> Tuple[Tensor, Tensor, Tensor]:
         """``(head (L, H), dim (L, H, hd), neuron (L, F))`` scores of the current weights."""

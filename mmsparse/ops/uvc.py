@@ -217,6 +217,25 @@ class ViTCost:
         """MACs of the dense model."""
         return self.fixed_macs + self.num_layers * self.dense_block_macs
 
+    @classmethod
+    def of_vit(cls, num_layers: int, num_patches: int, num_extra_tokens: int, embed_dims: int,
+               num_heads: int, head_dims: int, mlp_dims: int, patch_macs: int,
+               final_norm: bool, head_macs: float = 0.0) -> 'ViTCost':
+        """The cost of a ViT from its sizes, counted as MMEngine's tracer counts them.
+
+        Args:
+            num_patches, num_extra_tokens: N = their sum.
+            patch_macs: MACs of the patch embedding per patch (C_in / groups x kernel area x C).
+            final_norm: whether a final LayerNorm runs (5 MACs per element, as each block's).
+            head_macs: MACs of the classification head on one image.
+        """
+        n = num_patches + num_extra_tokens
+        final = 5 * n * embed_dims if final_norm else 0
+        return cls(num_layers=num_layers, num_tokens=n, embed_dims=embed_dims,
+                   num_heads=num_heads, head_dims=head_dims, mlp_dims=mlp_dims,
+                   fixed_macs=float(num_patches * patch_macs + final + head_macs),
+                   norm_macs=float(2 * 5 * n * embed_dims))
+
 
 def block_macs(cost: ViTCost, heads_kept: Tensor, v_dims: Tensor, neurons_kept: Tensor) -> Tensor:
     """MACs of blocks with ``heads_kept`` heads, ``v_dims`` value dims in all, ``neurons_kept``.
