@@ -214,7 +214,10 @@ def _window(table_path: Path) -> tuple:
     table = table_from_dict(json.loads(table_path.read_text())['table'])
     preds = sorted(table.predict((s, a, b)) for s, a, b in product(range(2), range(8), range(8))
                    if a <= b)
-    low, high = preds[len(preds) // 4], preds[3 * len(preds) // 4]
+    # an additive table measured on a busy machine can predict below 0 for the sparsest genomes
+    low, high = max(preds[len(preds) // 4], 0.0), preds[3 * len(preds) // 4]
+    if high <= low:
+        high = preds[-1]
     return float(f'{low:.4f}'), float(f'{high:.4f}')
 
 
